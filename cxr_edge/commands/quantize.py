@@ -1,7 +1,106 @@
-"""Placeholder: the 'quantize' command is being written (see the issue that owns it)."""
+"""``cxr-edge quantize``: float32 ONNX -> INT8 (Q/DQ) or FP16 ONNX behind an accuracy gate.
+
+The gate is printed every time; exit 3 and no output file when it fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
+
+
+def parse_keep_float(text: str) -> tuple[str, ...]:
+    """``"stem,se,head"`` -> groups; ``"none"`` -> ()."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    return () if parts in ((), ("none",)) else parts
+
+
+def quantize_command(
+    onnx: Annotated[Path, typer.Option("--onnx", help="Float32 ONNX from 'cxr-edge export'.")],
+    precision: Annotated[str, typer.Option(help="int8 or fp16.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output ONNX (written only if the gate passes).")],
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration set: folder or list file of real X-rays (int8).")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="int8 activations: 'cpu' = uint8 (ONNX Runtime), 'tensorrt' = symmetric int8.")
+    ] = "cpu",
+    method: Annotated[
+        str, typer.Option(help="Activation ranges: percentile, entropy or minmax.")
+    ] = "percentile",
+    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
+    keep_float: Annotated[
+        str, typer.Option(help="Groups kept in float32: any of stem,se,head, or 'none'.")
+    ] = "stem,se,head",
+    holdout: Annotated[
+        Path | None, typer.Option(help="Held-out real X-rays for the gate (folder or list file).")
+    ] = None,
+    gate_real: Annotated[int, typer.Option(min=0, help="Most held-out real images in the gate.")] = 6,
+    gate_phantoms: Annotated[int, typer.Option(min=0, help="Labelled phantoms for the AUROC check.")] = 64,
+    gate_phantom_maps: Annotated[int, typer.Option(min=0, help="Phantoms also compared on S=4 maps.")] = 4,
+    patches_per_image: Annotated[int, typer.Option(min=1, help="Calibration patches per image.")] = 96,
+    shifts_per_image: Annotated[int, typer.Option(min=1, help="Shifted copies sampled per image.")] = 4,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
+    calibration_dir: Annotated[
+        Path, typer.Option(help="Where the calibration manifest and range cache go.")
+    ] = Path("calibration"),
+) -> None:
+    """Make a precision-specific ONNX and print the accuracy gate against float32."""
+    import contextlib
+    import io
+
+    from cxr_edge.calibration import SamplingSettings
+    from cxr_edge.quantize import GateFailed, GateSettings, make_precision_onnx
+    from cxr_edge.quantize.int8 import Int8Options
+
+    def show(report: object) -> None:
+        typer.echo("\n".join(report.lines()))  # type: ignore[attr-defined]
+
+    with one_line_errors():
+        options = Int8Options(
+            target=target, method=method, percentile=percentile, keep_float=parse_keep_float(keep_float)
+        )
+        gate = GateSettings(
+            holdout=holdout,
+            max_real=gate_real,
+            phantoms=gate_phantoms,
+            phantom_maps=gate_phantom_maps,
+            threads=threads,
+        )
+        sampling = SamplingSettings(shifts_per_image=shifts_per_image, patches_per_image=patches_per_image)
+        try:
+            # ONNX Runtime's calibrator prints progress on stdout; the gate is our stdout.
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = make_precision_onnx(
+                    onnx,
+                    out,
+                    precision,
+                    calib=calib,
+                    int8=options,
+                    sampling=sampling,
+                    gate=gate,
+                    calibration_dir=calibration_dir,
+                )
+        except GateFailed as exc:
+            show(exc.report)
+            print_error(str(exc))
+            raise typer.Exit(EXIT_GATE_FAILED) from None
+        show(result.report)
+        if result.kept_float:
+            counts = ", ".join(f"{g} {len(n)} nodes" for g, n in result.kept_float.items())
+            typer.echo(f"kept in float32: {counts}")
+        if result.calibration is not None:
+            typer.echo(
+                f"calibration: {len(result.calibration.images)} images, {len(result.calibration.patches)} patches, "
+                f"manifest {calibration_dir / (result.calibration.name + '.manifest.json')}"
+            )
+        typer.echo(f"wrote {out}")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this command to the app."""
+    """Add ``quantize`` to the app."""
+    app.command("quantize")(quantize_command)

@@ -1,0 +1,176 @@
+"""TensorRT backend: runs a verified plan on one large patch batch, chunked by the plan's profile.
+
+Device buffers and the stream are made once (cuda-python); I/O is bound by tensor name
+(``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``, every bool checked).
+``run`` copies logits back to the host; ``run_device`` leaves them on the device for the CUDA
+postprocess. Needs TensorRT, cuda-python and a GPU; importing this module needs none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_edge.engine.manifest import EngineManifest, read_manifest, verify_manifest
+from cxr_edge.engine.profile import plan_chunks
+from cxr_edge.engine.tensorrt_build import import_tensorrt, make_logger
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.gpu import DeviceBuffer, Stream, copy_device, device_info, set_device
+from cxr_edge.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+_FLOAT32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class DeviceLogits:
+    """Patch logits left on the GPU: ``(rows, num_classes) float32`` row-major at ``ptr``.
+
+    Valid until the next ``run``/``run_device`` on the same backend; ordered on ``stream``.
+    """
+
+    ptr: int
+    rows: int
+    num_classes: int
+    stream: int
+
+
+class TensorRtBackend:
+    """PatchBackend over a TensorRT plan; refuses a plan whose manifest does not fit this machine."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan: str | Path, *, stream: Any = None, device: int = 0) -> None:
+        import_tensorrt()
+        import tensorrt as trt
+
+        self.plan = Path(plan)
+        if not self.plan.is_file():
+            raise CxrEdgeError(self.plan, "no such TensorRT plan; build one with 'cxr-edge build-engine'")
+        self.manifest: EngineManifest = read_manifest(self.plan)
+        set_device(device)
+        gpu = device_info(device)
+        verify_manifest(
+            self.manifest,
+            self.plan,
+            tensorrt_version=str(trt.__version__),
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+        )
+        self.metadata: ModelMetadata = self.manifest.metadata
+        self.profile = self.manifest.profile
+        self.max_batch = self.profile.max
+
+        self._logger = make_logger()
+        self._runtime = trt.Runtime(self._logger)
+        if self.manifest.dla_core is not None:
+            self._runtime.DLA_core = self.manifest.dla_core
+        engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        if engine is None:
+            raise CxrEdgeError(self.plan, f"TensorRT could not deserialize this plan; {self._rebuild()}")
+        self._engine: trt.ICudaEngine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise CxrEdgeError(
+                self.plan, "TensorRT could not create an execution context (out of GPU memory?)"
+            )
+        self._context: trt.IExecutionContext = context
+        self._input, self._output = self._io_names(trt)
+
+        self.stream = Stream(stream)
+        patch = self.metadata.patch_size
+        self._patch_bytes = patch * patch * _FLOAT32_BYTES
+        self._row_bytes = self.metadata.num_classes * _FLOAT32_BYTES
+        self._d_input = DeviceBuffer(self.profile.max * self._patch_bytes)
+        self._d_chunk_output = DeviceBuffer(self.profile.max * self._row_bytes)
+        self._d_logits: DeviceBuffer | None = None  # grown on demand by run_device
+
+    def _rebuild(self) -> str:
+        return f"rebuild it with: {self.manifest.rebuild_command(self.plan)}"
+
+    def _io_names(self, trt: Any) -> tuple[str, str]:
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise CxrEdgeError(self.plan, f"expected one input and one output tensor, found {names}")
+        for name in names:
+            if self._engine.get_tensor_dtype(name) != trt.DataType.FLOAT:
+                raise CxrEdgeError(self.plan, f"tensor '{name}' is not float32 I/O; {self._rebuild()}")
+        return inputs[0], outputs[0]
+
+    def _check_patches(self, patches: np.ndarray) -> np.ndarray:
+        patch = self.metadata.patch_size
+        if patches.ndim != 4 or patches.shape[1:] != (1, patch, patch):
+            raise CxrEdgeError(None, f"patch batch must be (N, 1, {patch}, {patch}), got {patches.shape}")
+        return np.ascontiguousarray(patches, dtype=np.float32)
+
+    def _enqueue(self, host_rows: np.ndarray, run_rows: int, output_ptr: int) -> None:
+        """Upload one chunk, bind addresses by name and enqueue the engine on our stream."""
+        patch = self.metadata.patch_size
+        if run_rows > host_rows.shape[0]:
+            self._d_input.zero(self.stream)  # fixed-batch (DLA) profile: zero padding rows
+        self._d_input.upload(host_rows, self.stream)
+        if not self._context.set_input_shape(self._input, (run_rows, 1, patch, patch)):
+            raise CxrEdgeError(self.plan, f"TensorRT refused input shape ({run_rows}, 1, {patch}, {patch})")
+        if not self._context.set_tensor_address(self._input, self._d_input.ptr):
+            raise CxrEdgeError(self.plan, f"TensorRT refused the address of '{self._input}'")
+        if not self._context.set_tensor_address(self._output, output_ptr):
+            raise CxrEdgeError(self.plan, f"TensorRT refused the address of '{self._output}'")
+        if not self._context.execute_async_v3(self.stream.handle):
+            raise CxrEdgeError(self.plan, "TensorRT execute_async_v3 failed")
+
+    def run(self, patches: np.ndarray) -> np.ndarray:
+        """``(N, 1, P, P) float32`` -> ``(N, C) float32`` logits on the host."""
+        patches = self._check_patches(patches)
+        logits = np.empty((patches.shape[0], self.metadata.num_classes), dtype=np.float32)
+        for chunk in plan_chunks(patches.shape[0], self.profile):
+            self._enqueue(patches[chunk.start : chunk.stop], chunk.run_rows, self._d_chunk_output.ptr)
+            self._d_chunk_output.download(logits[chunk.start : chunk.stop], self.stream)
+        self.stream.synchronize()
+        return logits
+
+    def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> DeviceLogits:
+        """Like ``run`` but the ``(N, C) float32`` logits stay on the device (no copy back).
+
+        ``out_ptr``: a device address with room for N*C float32 (e.g. the CUDA postprocess's
+        ``logits_address(first_shift)``); default: a backend-owned buffer reused across calls.
+        """
+        patches = self._check_patches(patches)
+        total = patches.shape[0]
+        if out_ptr is None:
+            needed = max(total, 1) * self._row_bytes
+            if self._d_logits is None or self._d_logits.nbytes < needed:
+                if self._d_logits is not None:
+                    self.stream.synchronize()
+                    self._d_logits.free()
+                self._d_logits = DeviceBuffer(needed)
+            out_ptr = self._d_logits.ptr
+        for chunk in plan_chunks(total, self.profile):
+            target = out_ptr + chunk.start * self._row_bytes
+            if chunk.run_rows > chunk.rows:
+                # Padded rows would write past the caller's N rows: go through the chunk buffer.
+                self._enqueue(patches[chunk.start : chunk.stop], chunk.run_rows, self._d_chunk_output.ptr)
+                copy_device(self._d_chunk_output.ptr, target, chunk.rows * self._row_bytes, self.stream)
+            else:
+                self._enqueue(patches[chunk.start : chunk.stop], chunk.run_rows, target)
+        return DeviceLogits(out_ptr, total, self.metadata.num_classes, self.stream.handle)
+
+    def close(self) -> None:
+        """Free device buffers and an owned stream (idempotent)."""
+        self.stream.synchronize()
+        for buffer in (self._d_input, self._d_chunk_output, self._d_logits):
+            if buffer is not None:
+                buffer.free()
+        self.stream.close()
+
+    def __enter__(self) -> TensorRtBackend:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""TensorRT engines: profile sizing, plan manifests (pure Python) and the builder (needs TensorRT)."""

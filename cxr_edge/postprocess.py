@@ -1,0 +1,163 @@
+"""Patch logits -> image logits and shift-averaged saliency maps (numpy; the oracle for the CUDA kernels).
+
+For every shift ``(dr, dc)`` the patch-logit map (each patch value over its P x P pixels) is
+shifted back (``map[y, x] = patchmap[y - dr, x - dc]``, zero outside) and the S*S maps are
+averaged. ``raw`` averages the patch logits; ``scaled`` averages patch logit x sigmoid(image logit
+of that same shifted copy). Image logits reported are those of the unshifted (0, 0) copy.
+
+Algorithm, cost O(patches*C + pixels*C) instead of O(S*S*pixels*C): a shifted patch map is
+piecewise constant, so its 2-D difference is non-zero only at the (G+1)^2 corners
+``(i*P + dr, j*P + dc)`` of its patch grid. Over all shifts these corners lie on one compact
+grid of ((G+1)*S)^2 positions, already in increasing pixel order; the corner differences form a
+difference image on that grid, 2-D cumulative sums rebuild the summed map cell by cell, and each
+cell is repeated over its pixels (clipped to the image). This is the pixel-grid "corner scatter
++ prefix sums" with the empty rows/columns between corners left out. float64 throughout; the
+per-cell values are cast to float32 before they are repeated over pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr_edge.tile import shift_offsets, shift_pairs
+
+
+@dataclass(frozen=True)
+class SaliencyMaps:
+    """Image-level outputs and smooth maps for one image, in the model frame (H = W = image_size).
+
+    logits, probabilities: ``(C,) float32`` of the unshifted image.
+    raw, scaled: ``(C, H, W) float32`` in logit units.
+    """
+
+    steps: int
+    labels: tuple[str, ...]
+    logits: np.ndarray
+    probabilities: np.ndarray
+    raw: np.ndarray
+    scaled: np.ndarray
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, stable for large |x| (no overflow warnings)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    out: np.ndarray = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out
+
+
+class SaliencyAccumulator:
+    """Collects patch logits of all S*S shifts (chunks in any order), then builds the maps.
+
+    Memory: the patch logits themselves, ``S*S*G*G*C`` float64 (29 MB at S=64, C=14).
+    Not thread-safe; use one accumulator per image.
+    """
+
+    def __init__(self, steps: int, image_size: int, patch_size: int, num_classes: int) -> None:
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.steps = steps
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_classes = num_classes
+        self.grid = image_size // patch_size
+        self.offsets = shift_offsets(steps, patch_size)
+        # (C, G, S, G, S): patch logits by (class, patch row, row-offset index, patch col,
+        # col-offset index). Row axes (i, a) run in increasing pixel position i*P + offsets[a],
+        # so the corner grid in _smooth needs no transpose.
+        self._logits = np.zeros((num_classes, self.grid, steps, self.grid, steps), dtype=np.float64)
+        self._seen = np.zeros((steps, steps), dtype=bool)
+
+    def _offset_index(self, values: np.ndarray) -> np.ndarray:
+        idx = np.minimum(np.searchsorted(self.offsets, values), self.steps - 1)
+        wrong = self.offsets[idx] != values
+        if wrong.any():
+            raise ValueError(
+                f"offset {values[wrong][0]} is not one of the {self.steps}-step offsets {self.offsets.tolist()}"
+            )
+        return idx
+
+    def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
+        """Record patch logits of K whole shifts.
+
+        pairs: ``(K, 2)`` int shifts ``(dr, dc)``; logits: ``(K*G*G, C)`` float, row ``k*G*G + p``.
+        """
+        pairs = np.asarray(pairs)
+        logits = np.asarray(logits)
+        g, c = self.grid, self.num_classes
+        if pairs.ndim != 2 or pairs.shape[1] != 2:
+            raise ValueError(f"pairs must be (K, 2), got shape {pairs.shape}")
+        if logits.shape != (len(pairs) * g * g, c):
+            raise ValueError(
+                f"logits must be ({len(pairs)}*{g * g}, {c}) for {len(pairs)} shifts, got shape {logits.shape}"
+            )
+        rows = self._offset_index(pairs[:, 0])
+        cols = self._offset_index(pairs[:, 1])
+        if len(np.unique(rows * self.steps + cols)) != len(pairs) or self._seen[rows, cols].any():
+            raise ValueError("a shift was added twice")
+        self._seen[rows, cols] = True
+        # Advanced indices split by a slice put the K axis first: target is (K, C, G, G).
+        self._logits[:, :, rows, :, cols] = logits.reshape(len(pairs), g, g, c).transpose(0, 3, 1, 2)
+
+    def finish(self, labels: tuple[str, ...] | list[str]) -> SaliencyMaps:
+        """Build the maps; every one of the S*S shifts must have been added."""
+        labels = tuple(labels)
+        if len(labels) != self.num_classes:
+            raise ValueError(f"{len(labels)} labels for {self.num_classes} classes")
+        if not self._seen.all():
+            raise ValueError(f"only {int(self._seen.sum())} of {self.steps**2} shifts were added")
+        shift_logits = self._logits.mean(axis=(1, 3))  # (C, S, S): image logit of each shifted copy
+        zero = int(np.flatnonzero(self.offsets == 0)[0])
+        image_logits = shift_logits[:, zero, zero]
+        weights = sigmoid(shift_logits)[:, None, :, None, :]
+        return SaliencyMaps(
+            steps=self.steps,
+            labels=labels,
+            logits=image_logits.astype(np.float32),
+            probabilities=sigmoid(image_logits).astype(np.float32),
+            raw=self._smooth(self._logits),
+            scaled=self._smooth(self._logits * weights),
+        )
+
+    def _smooth(self, values: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """Shift-average ``(C, G, S, G, S)`` float64 patch values into ``(C, H, W)`` of ``dtype``."""
+        s, g, p, size, c = self.steps, self.grid, self.patch_size, self.image_size, self.num_classes
+        padded = np.zeros((c, g + 2, s, g + 2, s), dtype=np.float64)
+        padded[:, 1:-1, :, 1:-1, :] = values
+        # Corner (i, j) of a shift's patch grid carries V[i,j] - V[i-1,j] - V[i,j-1] + V[i-1,j-1]
+        # (zero outside the grid); it sits at pixel (i*P + dr, j*P + dc).
+        corners = (
+            padded[:, 1:, :, 1:, :]
+            - padded[:, :-1, :, 1:, :]
+            - padded[:, 1:, :, :-1, :]
+            + padded[:, :-1, :, :-1, :]
+        ).reshape(c, (g + 1) * s, (g + 1) * s)
+        # Corner positions q = i*P + offsets[a] never decrease along i*S + a (sorted offsets in
+        # [-P/2, P/2)), so this is the difference image on the compact grid of corner positions;
+        # prefix sums give the summed map, constant on each cell [q_u, q_u+1) x [q_v, q_v+1).
+        np.cumsum(corners, axis=1, out=corners)
+        np.cumsum(corners, axis=2, out=corners)
+        # Each cell covers its clipped pixel run; cells outside the image get length 0. The
+        # last cell starts at q >= H, so the runs sum to exactly H.
+        pos = np.clip(np.arange(g + 1)[:, None] * p + self.offsets[None, :], 0, size).ravel()
+        runs = np.diff(pos)
+        cells = (corners[:, :-1, :-1] / (s * s)).astype(dtype)
+        return np.repeat(np.repeat(cells, runs, axis=1), runs, axis=2)
+
+
+def smooth_maps(
+    logits: np.ndarray, steps: int, image_size: int, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-shot convenience: ``(S*S*G*G, C)`` patch logits in tile order -> ``(raw, scaled)``,
+    each ``(C, H, W) float32``."""
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (S*S*G*G, C), got shape {logits.shape}")
+    acc = SaliencyAccumulator(steps, image_size, patch_size, logits.shape[1])
+    acc.add(shift_pairs(steps, patch_size), logits)
+    maps = acc.finish(tuple(str(i) for i in range(logits.shape[1])))
+    return maps.raw, maps.scaled

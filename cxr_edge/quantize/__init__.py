@@ -1,0 +1,148 @@
+"""Precision-specific ONNX models (INT8 Q/DQ, FP16) behind an accuracy gate against float32.
+
+``make_precision_onnx`` writes the output only when the gate passes (atomic: no partial or
+failed model is ever left at the output path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxr_edge.atomic import atomic_path
+from cxr_edge.calibration import (
+    CALIBRATION_DIR,
+    CalibrationSet,
+    SamplingSettings,
+    list_calibration_files,
+    load_calibration_set,
+    write_calibration_manifest,
+)
+from cxr_edge.engine.manifest import sha256_file
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.metadata import ModelMetadata, write_onnx_metadata
+from cxr_edge.quantize.gate import GateReport, phantom_gate_images, real_gate_images, run_gate
+from cxr_edge.quantize.int8 import Int8Options, quantize_int8
+
+PRECISIONS = ("int8", "fp16")
+
+
+class GateFailed(CxrEdgeError):
+    """The candidate model missed the accuracy gate; no output was written."""
+
+    def __init__(self, path: str | Path, report: GateReport) -> None:
+        self.report = report
+        super().__init__(
+            path,
+            f"{report.precision} model failed the accuracy gate (worst map r {report.worst_map_r:.4f} "
+            f"< {report.min_map_r} or AUROC diff {report.worst_auroc_diff:.4f} > {report.max_auroc_diff}); "
+            "not written",
+        )
+
+
+@dataclass
+class GateSettings:
+    """Held-out images for the gate: real X-rays (``holdout``: folder or list file, files also in
+    the calibration set are dropped) and labelled phantoms (``phantoms``, maps on ``phantom_maps``)."""
+
+    holdout: Path | None = None
+    max_real: int = 6
+    phantoms: int = 64
+    phantom_maps: int = 4
+    threads: int | None = None
+    speed_repeats: int = 5
+
+
+@dataclass
+class QuantizeResult:
+    out: Path
+    report: GateReport
+    calibration: CalibrationSet | None = None
+    kept_float: dict[str, list[str]] = field(default_factory=dict)
+
+
+def cache_path(calib: CalibrationSet, onnx: Path, options: Int8Options, directory: Path) -> Path:
+    """Range cache named by set (and its digest), model hash, target and method, never reused stale."""
+    method = f"percentile{options.percentile:g}" if options.method == "percentile" else options.method
+    name = f"{calib.name}-{calib.digest[:8]}-{sha256_file(onnx)[:12]}-{options.target}-{method}.ranges.json"
+    return directory / name
+
+
+def _gate_images(settings: GateSettings, metadata: ModelMetadata, exclude_sha: set[str]) -> list:  # type: ignore[type-arg]
+    import hashlib
+
+    real: list[Path] = []
+    if settings.holdout is not None:
+        for path in list_calibration_files(settings.holdout):
+            if len(real) >= settings.max_real:
+                break
+            if hashlib.sha256(path.read_bytes()).hexdigest() not in exclude_sha:
+                real.append(path)
+    images = real_gate_images(real, metadata.image_size)
+    if settings.phantoms:
+        images += phantom_gate_images(
+            settings.phantoms, metadata.image_size, metadata.labels, settings.phantom_maps
+        )
+    return images
+
+
+def make_precision_onnx(
+    onnx_in: str | Path,
+    out: str | Path,
+    precision: str,
+    *,
+    calib: str | Path | None = None,
+    int8: Int8Options | None = None,
+    sampling: SamplingSettings | None = None,
+    gate: GateSettings | None = None,
+    calibration_dir: Path = CALIBRATION_DIR,
+    on_report: Callable[[GateReport], None] | None = None,
+) -> QuantizeResult:
+    """Make an INT8 (needs ``calib``) or FP16 ONNX from a float32 one, gate it, write ``out``.
+
+    ``on_report`` sees the gate report before a failure is raised, so it is printed every time.
+    """
+    import onnx
+
+    onnx_in, out = Path(onnx_in), Path(out)
+    if precision not in PRECISIONS:
+        raise CxrEdgeError(None, f"unknown --precision {precision!r}; use int8 or fp16")
+    metadata = ModelMetadata.from_onnx(onnx_in)
+    if metadata.precision != "fp32":
+        raise CxrEdgeError(onnx_in, f"is already {metadata.precision}; quantize the float32 export")
+    if out.resolve() == onnx_in.resolve():
+        raise CxrEdgeError(out, "output would overwrite the input model")
+    gate = gate or GateSettings()
+    calibration: CalibrationSet | None = None
+    kept: dict[str, list[str]] = {}
+
+    with atomic_path(out) as tmp:
+        if precision == "int8":
+            if calib is None:
+                raise CxrEdgeError(None, "--precision int8 needs --calib (a folder or list file of X-rays)")
+            int8 = int8 or Int8Options()
+            calibration = load_calibration_set(calib, metadata, sampling)
+            cache = cache_path(calibration, onnx_in, int8, calibration_dir)
+            calibration.caches.append(cache.name)
+            calibration_dir.mkdir(parents=True, exist_ok=True)
+            kept = quantize_int8(onnx_in, tmp, calibration, int8, cache=cache)
+            write_calibration_manifest(calibration, calibration_dir)
+            model = onnx.load(str(tmp))
+        else:
+            from cxr_edge.quantize.fp16 import convert_fp16
+
+            model = convert_fp16(onnx.load(str(onnx_in)))
+        write_onnx_metadata(model, metadata.with_(precision=precision))
+        onnx.save(model, str(tmp))
+
+        exclude = {i.sha256 for i in calibration.images} if calibration else set()
+        images = _gate_images(gate, metadata, exclude)
+        report = run_gate(
+            onnx_in, tmp, precision, images, threads=gate.threads, speed_repeats=gate.speed_repeats
+        )
+        if on_report is not None:
+            on_report(report)
+        if not report.passed:
+            raise GateFailed(out, report)
+    return QuantizeResult(out=out, report=report, calibration=calibration, kept_float=kept)

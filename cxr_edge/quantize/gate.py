@@ -1,0 +1,226 @@
+"""Accuracy gate: a reduced-precision ONNX against its float32 source, on held-out images.
+
+Measures (both models through ONNX Runtime on the CPU):
+- max |image logit difference| (mean of the 64 unshifted patch logits) over all gate images;
+- per-class AUROC difference on labelled phantoms (classes with both outcomes present);
+- Pearson r of the S=4 smooth scaled saliency maps, per image over all classes (real + phantoms);
+- speed: median seconds for the same patch batch, float32 vs candidate, runs interleaved.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxr_edge.errors import CxrEdgeError
+
+GATE_STEPS = 4
+MIN_MAP_R = 0.98
+MAX_AUROC_DIFF = 0.01
+#: Phantom seeds far from any training range, so gate phantoms are held out.
+HELDOUT_PHANTOM_SEED = 7_000_000
+
+
+@dataclass(frozen=True)
+class GateImage:
+    """A preprocessed ``(S, S) float32 in [0, 1]`` image; ``labels`` ``(C,)`` 0/1 or None; ``maps``:
+    whether the (costlier) S=4 map comparison runs on it."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    maps: bool
+
+
+@dataclass
+class GateReport:
+    precision: str
+    max_abs_logit_diff: float
+    auroc_diff: dict[str, float]
+    map_r: dict[str, float]
+    n_auroc_images: int
+    seconds_fp32: float | None = None
+    seconds_candidate: float | None = None
+    speed_patches: int = 0
+    min_map_r: float = MIN_MAP_R
+    max_auroc_diff: float = MAX_AUROC_DIFF
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def worst_map_r(self) -> float:
+        return min(self.map_r.values()) if self.map_r else float("nan")
+
+    @property
+    def worst_auroc_diff(self) -> float:
+        return max(self.auroc_diff.values()) if self.auroc_diff else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            bool(self.map_r)
+            and self.worst_map_r >= self.min_map_r
+            and self.worst_auroc_diff <= self.max_auroc_diff
+        )
+
+    def lines(self) -> list[str]:
+        """The human-readable gate, printed by ``cxr-edge quantize`` every time."""
+        out = [f"accuracy gate ({self.precision} vs fp32, ONNX Runtime CPU):"]
+        out.append(f"  max |image logit diff|      {self.max_abs_logit_diff:.4f}")
+        if self.auroc_diff:
+            worst = max(self.auroc_diff, key=lambda k: self.auroc_diff[k])
+            out.append(
+                f"  AUROC diff (phantoms, n={self.n_auroc_images}) max {self.worst_auroc_diff:.4f} ({worst}); limit "
+                f"{self.max_auroc_diff}"
+            )
+            out.append("    " + ", ".join(f"{k}: {v:.4f}" for k, v in self.auroc_diff.items()))
+        else:
+            out.append("  AUROC diff                  n/a (no labelled images)")
+        if self.map_r:
+            rs = np.array(list(self.map_r.values()))
+            out.append(
+                f"  S={GATE_STEPS} map Pearson r (n={len(rs)})  min {rs.min():.4f}, mean {rs.mean():.4f}; "
+                f"limit >= {self.min_map_r}"
+            )
+        if self.seconds_fp32 and self.seconds_candidate:
+            ratio = self.seconds_fp32 / self.seconds_candidate
+            out.append(
+                f"  CPU speed: fp32 {self.seconds_fp32 * 1e3:.0f} ms, {self.precision} "
+                f"{self.seconds_candidate * 1e3:.0f} ms per {self.speed_patches} patches (median) -> {ratio:.2f}x"
+            )
+        out += [f"  note: {n}" for n in self.notes]
+        out.append(f"  result: {'PASSED' if self.passed else 'FAILED'}")
+        return out
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the Mann-Whitney U statistic (ties count one half); NaN if one class."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def phantom_gate_images(count: int, image_size: int, labels: tuple[str, ...], maps: int) -> list[GateImage]:
+    """Held-out labelled phantoms (seeds from HELDOUT_PHANTOM_SEED), preprocessed like ``infer``."""
+    from cxr_edge.phantoms import render_phantom
+    from cxr_edge.preprocess import preprocess
+
+    images = []
+    for index in range(count):
+        phantom = render_phantom(HELDOUT_PHANTOM_SEED + index, size=image_size)
+        vector = np.array([phantom.labels.get(name, -1) for name in labels], dtype=np.float32)
+        prepared = preprocess(phantom.image, image_size).image
+        images.append(GateImage(f"phantom:{phantom.seed}", prepared, vector, index < maps))
+    return images
+
+
+def real_gate_images(paths: list[Path], image_size: int) -> list[GateImage]:
+    """Held-out real X-rays (no labels used), all compared on maps."""
+    from cxr_edge.io import load_xray
+    from cxr_edge.preprocess import preprocess
+
+    return [
+        GateImage(str(p), preprocess(load_xray(p).pixels, image_size, path=str(p)).image, None, True)
+        for p in paths
+    ]
+
+
+def _image_logits_and_maps(
+    backend: object, image: GateImage, steps: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    from cxr_edge.postprocess import smooth_maps
+    from cxr_edge.tile import shift_pairs, tile_shifts
+
+    meta = backend.metadata  # type: ignore[attr-defined]
+    run = backend.run  # type: ignore[attr-defined]
+    per_copy = meta.patches_per_image
+    if not image.maps:
+        patches = tile_shifts(image.image, np.zeros((1, 2), np.int64), meta.patch_size)
+        return run(patches).mean(axis=0), None
+    pairs = shift_pairs(steps, meta.patch_size)
+    logits = run(tile_shifts(image.image, pairs, meta.patch_size))
+    k0 = int(np.flatnonzero((pairs == 0).all(axis=1))[0])
+    _, scaled = smooth_maps(logits, steps, meta.image_size, meta.patch_size)
+    return logits[k0 * per_copy : (k0 + 1) * per_copy].mean(axis=0), scaled
+
+
+def _median_seconds(backends: list[object], patches: np.ndarray, repeats: int) -> list[float]:
+    times: list[list[float]] = [[] for _ in backends]
+    for backend in backends:
+        backend.run(patches[: min(len(patches), 64)])  # type: ignore[attr-defined]  # warm-up
+    for _ in range(repeats):
+        for index, backend in enumerate(backends):  # interleaved: load on the shared CPU hits both
+            start = time.perf_counter()
+            backend.run(patches)  # type: ignore[attr-defined]
+            times[index].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def run_gate(
+    fp32_onnx: str | Path,
+    candidate_onnx: str | Path,
+    precision: str,
+    images: list[GateImage],
+    threads: int | None = None,
+    speed_repeats: int = 5,
+) -> GateReport:
+    """Compare ``candidate_onnx`` with ``fp32_onnx`` on ``images``; time both on one patch batch."""
+    from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
+
+    if not images:
+        raise CxrEdgeError(None, "the accuracy gate needs at least one held-out image")
+    reference = OnnxRuntimeBackend(fp32_onnx, threads=threads)
+    candidate = OnnxRuntimeBackend(candidate_onnx, threads=threads)
+    labels = reference.metadata.labels
+    ref_logits, cand_logits, map_r = [], [], {}
+    for image in images:
+        ref_l, ref_map = _image_logits_and_maps(reference, image, GATE_STEPS)
+        cand_l, cand_map = _image_logits_and_maps(candidate, image, GATE_STEPS)
+        ref_logits.append(ref_l)
+        cand_logits.append(cand_l)
+        if ref_map is not None and cand_map is not None:
+            map_r[image.name] = pearson_r(ref_map, cand_map)
+    ref_arr, cand_arr = np.array(ref_logits), np.array(cand_logits)
+
+    auroc_diff: dict[str, float] = {}
+    labelled = [i for i, image in enumerate(images) if image.labels is not None]
+    if labelled:
+        targets = np.array([images[i].labels for i in labelled])
+        for c, name in enumerate(labels):
+            known = targets[:, c] >= 0
+            a_ref = auroc(ref_arr[labelled][known, c], targets[known, c])
+            a_cand = auroc(cand_arr[labelled][known, c], targets[known, c])
+            if np.isfinite(a_ref) and np.isfinite(a_cand):
+                auroc_diff[name] = abs(a_cand - a_ref)
+
+    report = GateReport(
+        precision=precision,
+        max_abs_logit_diff=float(np.abs(ref_arr - cand_arr).max()),
+        auroc_diff=auroc_diff,
+        map_r=map_r,
+        n_auroc_images=len(labelled),
+    )
+    if speed_repeats > 0:
+        from cxr_edge.tile import shift_pairs, tile_shifts
+
+        meta = reference.metadata
+        batch = tile_shifts(images[0].image, shift_pairs(2, meta.patch_size), meta.patch_size)
+        report.seconds_fp32, report.seconds_candidate = _median_seconds(
+            [reference, candidate], batch, speed_repeats
+        )
+    return report

@@ -1,0 +1,78 @@
+"""The JSON report of one prediction: what was run on which image, and what was found.
+
+Schema (all numbers plain JSON): ``image`` (path or null), ``source``, ``original_shape``
+[h, w], ``crop`` {top, left, side} (original pixels), ``model`` {path, sha256, variant,
+precision, labels, intended_use, ...}, ``steps``, ``map`` ("raw" | "scaled"), ``findings``
+[{label, logit, probability, threshold, positive}] in the model's label order, ``reported``
+(labels shown by default), ``backend``, ``timings_ms`` {stage: ms}, ``info`` (non-identifying
+facts from the file header).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cxr_edge.pipeline import Prediction
+
+REPORT_VERSION = 1
+
+
+def _number(x: float) -> float | None:
+    """JSON has no NaN/inf: report them as null rather than writing invalid JSON."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _plain(value: Any) -> Any:
+    """Make header facts JSON-safe (numpy scalars, tuples, bytes)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, bool)) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _number(value)
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return str(value)
+
+
+def build_report(prediction: Prediction, map: str = "scaled") -> dict[str, Any]:
+    """The report dict of one prediction (JSON-ready, see the module docstring)."""
+    p = prediction
+    crop = p.crop
+    return {
+        "report_version": REPORT_VERSION,
+        "image": p.image,
+        "source": p.source,
+        "original_shape": list(p.original_shape),
+        "crop": {"top": int(crop.top), "left": int(crop.left), "side": int(crop.side)},
+        "model": _plain(p.model),
+        "steps": p.steps,
+        "map": map,
+        "findings": [
+            {
+                "label": f.label,
+                "logit": _number(f.logit),
+                "probability": _number(f.probability),
+                "threshold": None if f.threshold is None else _number(f.threshold),
+                "positive": f.positive,
+            }
+            for f in p.findings
+        ],
+        "reported": p.reported_labels(),
+        "backend": p.backend,
+        "timings_ms": {k: round(float(v), 3) for k, v in p.timings_ms.items()},
+        "info": _plain(p.info),
+    }
+
+
+def report_json(report: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """Serialise one report or a list of them (strict JSON: no NaN)."""
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"

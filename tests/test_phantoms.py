@@ -1,0 +1,86 @@
+"""Chest phantoms: determinism, shapes, and that masks mark pixels the finding really changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr_edge.metadata import CHEXPERT_LABELS
+from cxr_edge.phantoms import PHANTOM_LABELS, render_phantom
+
+SIZE = 256  # small for speed; findings are drawn in normalised units so they scale
+
+
+def test_labels_are_a_chexpert_subset_in_chexpert_order():
+    positions = [CHEXPERT_LABELS.index(label) for label in PHANTOM_LABELS]
+    assert positions == sorted(positions)
+    assert len(PHANTOM_LABELS) == 6
+
+
+def test_same_seed_same_phantom_and_different_seed_differs():
+    a, b, c = render_phantom(3, size=SIZE), render_phantom(3, size=SIZE), render_phantom(4, size=SIZE)
+    assert np.array_equal(a.image, b.image)
+    assert a.labels == b.labels
+    assert all(np.array_equal(a.masks[k], b.masks[k]) for k in PHANTOM_LABELS)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_shapes_dtypes_and_mask_iff_label():
+    for seed in range(6):
+        p = render_phantom(seed, size=SIZE, vary_shape=seed % 2 == 1)
+        h, w = p.image.shape
+        assert p.image.dtype == np.uint8 and h == SIZE and 0.8 * SIZE <= w <= 1.25 * SIZE
+        assert set(p.labels) == set(PHANTOM_LABELS) == set(p.masks)
+        for label in PHANTOM_LABELS:
+            m = p.masks[label]
+            assert m.shape == (h, w) and m.dtype == bool
+            assert m.any() == bool(p.labels[label]), (seed, label)
+        assert p.label_vector().tolist() == [float(p.labels[k]) for k in PHANTOM_LABELS]
+
+
+def test_image_has_chest_like_contrast():
+    """Lungs are darker than the mediastinum column, air outside the body darkest of all."""
+    p = render_phantom(0, size=SIZE, prevalence=0.0)
+    img = p.image.astype(np.float64)
+    s = SIZE
+    centre = img[int(0.3 * s) : int(0.5 * s), int(0.47 * s) : int(0.53 * s)].mean()
+    lungs = np.concatenate(
+        [
+            img[int(0.3 * s) : int(0.5 * s), int(0.27 * s) : int(0.33 * s)],
+            img[int(0.3 * s) : int(0.5 * s), int(0.67 * s) : int(0.73 * s)],
+        ]
+    ).mean()
+    assert centre > lungs + 20
+    assert 0 < img.std()
+
+
+@pytest.mark.parametrize("label", PHANTOM_LABELS)
+def test_a_planted_finding_changes_the_pixels_inside_its_mask(label):
+    """Same seed with only ``label`` forced on vs. nothing: the pixels change inside the mask
+    (visible: mean |difference| >= 6 grey levels) and hardly anywhere else (a blur margin aside)."""
+    import cv2
+
+    none = {k: 0 for k in PHANTOM_LABELS}
+    for seed in range(4):
+        base = render_phantom(seed, size=SIZE, findings=none)
+        with_finding = render_phantom(seed, size=SIZE, findings={**none, label: 1})
+        mask = with_finding.masks[label]
+        assert mask.any() and not base.masks[label].any()
+        area = mask.mean()
+        assert 0.0005 < area < 0.25, area
+        diff = np.abs(with_finding.image.astype(np.float64) - base.image.astype(np.float64))
+        margin = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        inside, outside = diff[mask].mean(), diff[~margin].mean()
+        assert inside >= 6.0, (seed, inside)
+        assert inside > 4 * outside, (seed, inside, outside)
+        # findings stay away from the frame edge, so the centre crop and the patch grid see them
+        rows, cols = np.nonzero(mask)
+        assert rows.min() > 0.03 * SIZE and rows.max() < 0.97 * SIZE
+        assert cols.min() > 0.03 * SIZE and cols.max() < 0.97 * SIZE
+
+
+def test_prevalence_controls_labels():
+    none = [render_phantom(s, size=64, prevalence=0.0) for s in range(5)]
+    assert all(not any(p.labels.values()) for p in none)
+    every = [render_phantom(s, size=64, prevalence=1.0) for s in range(3)]
+    assert all(all(p.labels.values()) for p in every)

@@ -1,0 +1,285 @@
+"""The Python API end to end with a tiny linear patch model, against an independent reference.
+
+The backend is a numpy linear map per patch, so the reference can classify patches itself
+in float64; preprocessing is checked against torch's antialiased bilinear interpolate and the
+shift/average against tests/reference_math.py (both written independently of cxr_edge).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference_math import reference_saliency
+
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.metadata import ModelMetadata
+from cxr_edge.pipeline import CxrEdge, Prediction, check_steps
+
+IMAGE_SIZE, PATCH = 128, 16
+LABELS = ("Alpha", "Beta", "Gamma", "Delta")
+
+
+class LinearBackend:
+    """Patch logits = flattened patch @ W + b (float64 inside, float32 out)."""
+
+    name = "linear-test"
+    thread_safe = True  # pure function of its input: lets the thread test run without a lock
+
+    def __init__(self, thresholds: tuple[float, ...] | None = None, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.metadata = ModelMetadata(
+            labels=LABELS, image_size=IMAGE_SIZE, patch_size=PATCH, thresholds=thresholds
+        )
+        self.weight = rng.normal(0.0, 0.02, size=(PATCH * PATCH, len(LABELS)))
+        self.bias = rng.normal(0.0, 0.5, size=len(LABELS))
+        self.batch_sizes: list[int] = []
+
+    def logits64(self, patches: np.ndarray) -> np.ndarray:
+        return patches.reshape(len(patches), -1).astype(np.float64) @ self.weight + self.bias
+
+    def run(self, patches: np.ndarray) -> np.ndarray:
+        assert patches.dtype == np.float32 and patches.shape[1:] == (1, PATCH, PATCH)
+        self.batch_sizes.append(len(patches))
+        return self.logits64(patches).astype(np.float32)
+
+
+def torch_preprocess(gray: np.ndarray) -> np.ndarray:
+    """Centre square crop, /255, torch antialiased bilinear resize: (IMAGE_SIZE,)*2 float64."""
+    import torch
+
+    h, w = gray.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = torch.from_numpy(gray[top : top + side, left : left + side].astype(np.float32) / 255.0)
+    out = torch.nn.functional.interpolate(
+        crop[None, None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out[0, 0].double().numpy()
+
+
+def xray_like(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    img = 120 + 80 * np.sin(7 * x) * np.cos(5 * y) + rng.normal(0, 20, size=(h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def assert_matches_reference(pred: Prediction, ref: dict[str, np.ndarray]) -> None:
+    for kind in ("raw", "scaled"):
+        got, want = getattr(pred.maps, kind), ref[kind]
+        assert got.shape == want.shape == (len(LABELS), IMAGE_SIZE, IMAGE_SIZE)
+        tol = 1e-4 * np.abs(want).max()
+        assert np.abs(got - want).max() <= tol, kind
+    tol = 1e-4 * np.abs(ref["raw"]).max()
+    assert np.abs(pred.maps.logits - ref["logits"]).max() <= tol
+    assert np.allclose([f.logit for f in pred.findings], ref["logits"], atol=tol)
+    assert np.allclose([f.probability for f in pred.findings], ref["probabilities"], atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_predict_matches_independent_reference(steps: int) -> None:
+    backend = LinearBackend()
+    edge = CxrEdge(backend)
+    gray = xray_like(151, 203, seed=steps)  # odd, non-square: crop 151 wide, downsampled
+    pred = edge.predict(gray, steps=steps)
+    ref = reference_saliency(torch_preprocess(gray), backend.logits64, steps, PATCH)
+    assert_matches_reference(pred, ref)
+    assert pred.steps == steps and pred.original_shape == (151, 203)
+    assert (pred.crop.top, pred.crop.left, pred.crop.side) == (0, 26, 151)
+    assert set(pred.timings_ms) == {"decode", "preprocess", "tile", "backend", "postprocess"}
+
+
+def test_upsampled_small_image_and_float_input() -> None:
+    backend = LinearBackend(seed=3)
+    edge = CxrEdge(backend)
+    gray = xray_like(77, 60, seed=5)  # smaller than the model frame: bilinear upsampling
+    pred = edge.predict(gray, steps=2)
+    assert_matches_reference(pred, reference_saliency(torch_preprocess(gray), backend.logits64, 2, PATCH))
+    as_float = edge.predict(gray.astype(np.float64) / 255.0, steps=2)
+    assert np.array_equal(as_float.maps.raw, pred.maps.raw)
+
+
+def test_chunking_does_not_change_results_and_bounds_batches() -> None:
+    gray = xray_like(140, 140, seed=9)
+    one_shift = LinearBackend()
+    small = CxrEdge(one_shift, max_patches=(IMAGE_SIZE // PATCH) ** 2).predict(gray, steps=4)
+    big = CxrEdge(LinearBackend(), max_patches=10_000).predict(gray, steps=4)
+    assert max(one_shift.batch_sizes) == 64 and len(one_shift.batch_sizes) == 16
+    for kind in ("raw", "scaled"):
+        assert np.allclose(getattr(small.maps, kind), getattr(big.maps, kind), rtol=0, atol=1e-6)
+
+
+def test_two_threads_get_the_same_results_as_one() -> None:
+    edge = CxrEdge(LinearBackend())
+    images = [xray_like(130 + 7 * i, 150, seed=i) for i in range(4)]
+    sequential = [edge.predict(img, steps=4) for img in images]
+    results: dict[int, Prediction] = {}
+    errors: list[BaseException] = []
+
+    def work(indices: list[int]) -> None:
+        try:
+            for i in indices:
+                results[i] = edge.predict(images[i], steps=4)
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=([0, 2],)), threading.Thread(target=work, args=([1, 3],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, want in enumerate(sequential):
+        assert np.array_equal(results[i].maps.scaled, want.maps.scaled)
+        assert np.array_equal(results[i].maps.logits, want.maps.logits)
+
+
+def test_backend_that_is_not_thread_safe_is_serialised() -> None:
+    class Unsafe(LinearBackend):
+        thread_safe = False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = 0
+            self.overlap = False
+
+        def run(self, patches: np.ndarray) -> np.ndarray:
+            self.inside += 1
+            self.overlap |= self.inside > 1
+            threading.Event().wait(0.002)  # widen the window a race would need
+            out = super().run(patches)
+            self.inside -= 1
+            return out
+
+    backend = Unsafe()
+    edge = CxrEdge(backend, max_patches=64)
+    threads = [threading.Thread(target=edge.predict, args=(xray_like(128, 128, i), 2)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(backend.batch_sizes) == 8 and not backend.overlap
+
+
+def test_findings_thresholds_and_reported_labels() -> None:
+    gray = xray_like(128, 128, seed=1)
+    plain = CxrEdge(LinearBackend()).predict(gray, steps=1)
+    assert all(f.threshold is None and f.positive is None for f in plain.findings)
+    top3 = sorted(plain.findings, key=lambda f: -f.probability)[:3]
+    assert plain.reported_labels() == [f.label for f in top3]
+
+    probs = [f.probability for f in plain.findings]
+    thresholds = tuple(p - 0.01 if i % 2 == 0 else p + 0.01 for i, p in enumerate(probs))
+    thr = CxrEdge(LinearBackend(thresholds=thresholds)).predict(gray, steps=1)
+    assert [f.positive for f in thr.findings] == [i % 2 == 0 for i in range(len(LABELS))]
+    assert thr.reported_labels() == [LABELS[0], LABELS[2]]
+    assert thr.finding("gamma").label == "Gamma"
+    with pytest.raises(CxrEdgeError, match="unknown finding"):
+        thr.finding("Epsilon")
+
+
+def test_overlay_and_report_from_a_prediction() -> None:
+    gray = xray_like(101, 143, seed=2)
+    pred = CxrEdge(LinearBackend()).predict(gray, steps=2)
+    rgb = pred.overlay("Beta", map="raw", legend=False)
+    assert rgb.shape == (101, 143, 3) and rgb.dtype == np.uint8
+    # Outside the centre square the X-ray is untouched.
+    assert np.array_equal(rgb[:, : pred.crop.left, 0], gray[:, : pred.crop.left])
+    report = json.loads(json.dumps(pred.to_report()))
+    assert report["steps"] == 2 and report["map"] == "scaled" and report["backend"] == "linear-test"
+    assert [f["label"] for f in report["findings"]] == list(LABELS)
+    for f, finding in zip(report["findings"], pred.findings):
+        assert f["logit"] == pytest.approx(finding.logit) and f["probability"] == pytest.approx(
+            finding.probability
+        )
+        assert 1 / (1 + np.exp(-f["logit"])) == pytest.approx(f["probability"], abs=1e-6)
+    assert report["original_shape"] == [101, 143] and report["crop"]["side"] == 101
+
+
+def test_custom_accumulator_is_used() -> None:
+    from cxr_edge.postprocess import SaliencyAccumulator
+
+    made: list[tuple[int, ...]] = []
+
+    def factory(steps: int, image_size: int, patch_size: int, num_classes: int) -> SaliencyAccumulator:
+        made.append((steps, image_size, patch_size, num_classes))
+        return SaliencyAccumulator(steps, image_size, patch_size, num_classes)
+
+    CxrEdge(LinearBackend(), accumulator=factory).predict(xray_like(128, 128, 0), steps=2)
+    assert made == [(2, IMAGE_SIZE, PATCH, len(LABELS))]
+
+
+@pytest.mark.parametrize("bad", [0, 3, 128, -2, 2.0, True])
+def test_bad_steps_are_refused(bad: object) -> None:
+    with pytest.raises(CxrEdgeError, match="power of two"):
+        check_steps(bad)  # type: ignore[arg-type]
+
+
+def test_bad_inputs_raise_one_line_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    edge = CxrEdge(LinearBackend())
+    with pytest.raises(CxrEdgeError, match="2-D"):
+        edge.predict(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(CxrEdgeError, match=r"\[0, 1\]"):
+        edge.predict(np.full((40, 40), 2.0))
+    with pytest.raises(CxrEdgeError, match="unsupported dtype"):
+        edge.predict(np.zeros((40, 40), np.int32))
+    with pytest.raises(CxrEdgeError, match="no such model file"):
+        CxrEdge.load(tmp_path / "missing.onnx")
+
+
+def test_bench_cpu_smoke(tiny_model: object, tiny_onnx: Path, tmp_path: Path) -> None:
+    """tools/bench_cpu.py end to end on the tiny model, one run (a smoke run, not a timing)."""
+    import subprocess
+    import sys
+
+    from cxr_edge.model.checkpoint import save_checkpoint
+
+    weights = save_checkpoint(tiny_model, tmp_path / "tiny.pt")
+    bench = Path(__file__).resolve().parents[1] / "tools" / "bench_cpu.py"
+    cmd = [sys.executable, str(bench), "--model", str(tiny_onnx), "--weights", str(weights), "--steps", "1"]
+    cmd += ["--eager-steps", "1", "--runs", "1", "--threads", "1", "--workdir", str(tmp_path), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    (row,) = result["rows"]
+    assert row["steps"] == 1 and row["patches"] == 64
+    assert set(row["median_ms"]) == {
+        "decode",
+        "preprocess",
+        "tile",
+        "backend",
+        "postprocess",
+        "render",
+        "total",
+    }
+    assert all(v >= 0 for v in row["median_ms"].values()) and 0 < row["peak_rss_mb"] < 4096
+    assert row["eager"]["kind"] == "pytorch-eager" and row["eager"]["median_ms"]["total"] > 0
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_bench_eager_reference_computes_the_same_maps(steps: int) -> None:
+    """The bench's PyTorch eager pipeline must compute what it is compared against."""
+    import importlib.util
+
+    import torch
+
+    bench_path = Path(__file__).resolve().parents[1] / "tools" / "bench_cpu.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu", bench_path)
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+
+    backend = LinearBackend(seed=steps)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(backend.logits64(x.numpy())).float()
+
+    gray = xray_like(149, 171, seed=steps)
+    logits, raw, scaled = bench.eager_reference_maps(model, gray, steps, IMAGE_SIZE, PATCH)
+    ref = reference_saliency(torch_preprocess(gray), backend.logits64, steps, PATCH)
+    for got, want in ((raw, ref["raw"]), (scaled, ref["scaled"])):
+        assert np.abs(got.numpy() - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(logits.numpy() - ref["logits"]).max() <= 1e-4 * np.abs(ref["raw"]).max()

@@ -1,0 +1,221 @@
+"""INT8 Q/DQ and FP16 ONNX, the float groups, the accuracy gate and ``cxr-edge quantize``.
+
+The tiny model has random weights, so INT8 accuracy on it means nothing (the real gate runs on the
+demo model); these tests check structure, the gate's arithmetic and the command's contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from cxr_edge.calibration import SamplingSettings, load_calibration_set
+from cxr_edge.metadata import ModelMetadata
+from cxr_edge.quantize.fp16 import convert_fp16
+from cxr_edge.quantize.gate import GateImage, auroc, pearson_r, run_gate
+from cxr_edge.quantize.int8 import Int8Options, find_float_groups, name_nodes, quantize_int8
+
+
+def _image_like(count: int, seed: int) -> np.ndarray:
+    from cxr_edge.model.sample_patches import image_like_patches
+
+    return np.asarray(image_like_patches(count, patch_size=64, seed=seed), dtype=np.float32)
+
+
+def _ort(path: Path | str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def calib_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small synthetic chest images as PNG files (the real set is used by the demo-model run)."""
+    from cxr_edge.phantoms import render_phantom
+
+    folder = tmp_path_factory.mktemp("calib")
+    for seed in range(3):
+        assert cv2.imwrite(str(folder / f"p{seed}.png"), render_phantom(seed, size=256).image)
+    return folder
+
+
+def test_float_groups_find_stem_se_and_head(tiny_onnx: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    name_nodes(model)
+    nodes = {n.name: n for n in model.graph.node}
+    groups = find_float_groups(model)
+    stem = [nodes[n] for n in groups["stem"]]
+    assert stem[0].op_type == "Conv" and stem[0].input[0] == model.graph.input[0].name
+    assert [n.op_type for n in stem[1:]] == ["Sigmoid", "Mul"]
+    head_ops = [nodes[n].op_type for n in groups["head"]]
+    assert head_ops[0] == "Conv" and head_ops[-1] in ("Gemm", "MatMul")
+    assert model.graph.output[0].name in nodes[groups["head"][-1]].output
+    pools = [n for n in model.graph.node if n.op_type == "GlobalAveragePool"]
+    se = [nodes[n] for n in groups["se"]]
+    assert sum(n.op_type == "GlobalAveragePool" for n in se) == len(pools) - 1
+    # each SE path ends at a sigmoid feeding the gating Mul (the gate itself, which multiplies the
+    # block's feature map, is not in the group)
+    se_outputs = {o for n in se for o in n.output}
+    assert all(i in se_outputs for n in se if n.op_type == "Mul" for i in n.input)
+    gates = [n for n in model.graph.node if n.name not in groups["se"] and n.op_type == "Mul"
+             and any(i in se_outputs for i in n.input)]  # fmt: skip
+    assert len(gates) == len(pools) - 1
+    assert all(nodes[n].op_type != "Mul" or n not in [g.name for g in gates] for n in groups["se"])
+    assert not set(groups["stem"]) & set(groups["se"]) and not set(groups["head"]) & set(groups["se"])
+
+
+def test_fp16_has_float32_io_fp16_weights_and_close_outputs(tiny_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(tiny_onnx))
+    half = convert_fp16(model)
+    for value in [*half.graph.input, *half.graph.output]:
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert {t.data_type for t in half.graph.initializer} == {TensorProto.FLOAT16}
+    path = tmp_path / "half.onnx"
+    onnx.save(half, str(path))
+    x = _image_like(32, seed=1)
+    ref, got = _ort(tiny_onnx, x).astype(np.float64), _ort(path, x).astype(np.float64)
+    assert got.dtype == np.float64 and got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
+
+    kept = convert_fp16(model, keep_fp32=("Gemm",))
+    gemm = next(n for n in kept.graph.node if n.op_type == "Gemm")
+    inits = {t.name: t for t in kept.graph.initializer}
+    assert inits[gemm.input[1]].data_type == TensorProto.FLOAT
+
+
+def _qdq_facts(path: Path) -> tuple[list[int], list[np.ndarray], dict[str, onnx.NodeProto]]:
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q_types, weight_scales = [], []
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2:
+            q_types.append(inits[node.input[2]].dtype)
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].ndim == 4:
+            weight_scales.append((inits[node.input[0]], inits[node.input[1]], inits[node.input[2]]))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return q_types, weight_scales, producers  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("target, act_dtype", [("tensorrt", np.int8), ("cpu", np.uint8)])
+def test_int8_qdq_structure(
+    tiny_onnx: Path, calib_folder: Path, tmp_path: Path, target: str, act_dtype
+) -> None:
+    meta = ModelMetadata.from_onnx(tiny_onnx)
+    calib = load_calibration_set(calib_folder, meta, SamplingSettings(patches_per_image=32))
+    out = tmp_path / f"{target}.onnx"
+    cache = tmp_path / "ranges.json"
+    kept = quantize_int8(tiny_onnx, out, calib, Int8Options(target=target), cache=cache)
+    assert cache.is_file() and cache.stat().st_size < 1_000_000
+    q_types, weights, producers = _qdq_facts(out)
+    assert q_types and all(t == act_dtype for t in q_types)
+    model = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if target == "tensorrt":  # symmetric activations: every zero point is 0
+        zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        assert all(np.all(z == 0) for z in zps)
+    assert weights
+    for q_weight, scale, zero in weights:  # per-channel (axis 0), symmetric int8 weights
+        assert q_weight.dtype == np.int8 and np.all(zero == 0)
+        assert scale.shape == (q_weight.shape[0],)
+    # the stem conv stays float: its weight is a float initializer, not a DequantizeLinear output
+    stem = next(n for n in model.graph.node if n.name == kept["stem"][0])
+    assert stem.input[1] in inits and inits[stem.input[1]].dtype == np.float32
+    assert producers.get(stem.input[0]) is None  # reads the graph input directly
+    from cxr_edge.engine.tensorrt_build import int8_activation_type
+
+    # build-engine refuses a cpu-target (uint8) model for TensorRT on this check
+    assert int8_activation_type(out) == np.dtype(act_dtype).name
+    assert int8_activation_type(tiny_onnx) == "none"
+    y = _ort(out, _image_like(8, seed=2))
+    assert y.shape == (8, 14) and np.isfinite(y).all()
+
+
+def test_auroc_and_pearson_match_independent_math() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(40) < 0.4
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
+    # ROC by sweeping every threshold, area by trapezoids (ties -> diagonal segments = 1/2)
+    thresholds = np.unique(scores)[::-1]
+    tpr = [0.0] + [float((scores[labels] >= t).mean()) for t in thresholds]
+    fpr = [0.0] + [float((scores[~labels] >= t).mean()) for t in thresholds]
+    expected = sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(tpr) - 1))
+    assert auroc(scores, labels) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(auroc(scores, np.zeros(40, bool)))
+    a, b = rng.normal(size=100), rng.normal(size=100)
+    assert pearson_r(a, a * 3 + b) == pytest.approx(np.corrcoef(a, a * 3 + b)[0, 1], abs=1e-12)
+
+
+def _gate_images(count: int) -> list[GateImage]:
+    from cxr_edge.phantoms import render_phantom
+    from cxr_edge.preprocess import preprocess
+
+    images = []
+    for i in range(count):
+        phantom = render_phantom(500 + i, size=512)
+        labels = np.full(14, -1.0, np.float32)
+        labels[2] = phantom.labels["Cardiomegaly"]
+        labels[10] = i % 2  # both outcomes present for a second class
+        images.append(GateImage(f"p{i}", preprocess(phantom.image, 512).image, labels, i < 2))
+    return images
+
+
+def test_gate_passes_identical_model_and_fails_a_damaged_one(tiny_onnx: Path, tmp_path: Path) -> None:
+    images = _gate_images(6)
+    same = run_gate(tiny_onnx, tiny_onnx, "fp32", images, threads=1, speed_repeats=0)
+    assert same.max_abs_logit_diff == 0.0 and same.worst_auroc_diff == 0.0
+    assert all(r == pytest.approx(1.0) for r in same.map_r.values()) and len(same.map_r) == 2
+    assert same.passed and same.lines()[-1].endswith("PASSED")
+
+    model = onnx.load(str(tiny_onnx))  # damage: zero the stem weights except one channel
+    stem = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = next(t for t in model.graph.initializer if t.name == stem.input[1])
+    array = numpy_helper.to_array(weight).copy()
+    array[1:] = 0
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(model, str(damaged))
+    report = run_gate(tiny_onnx, damaged, "int8", images, threads=1, speed_repeats=1)
+    assert report.max_abs_logit_diff > 0.1
+    assert not report.passed and report.lines()[-1].endswith("FAILED")
+    assert report.seconds_fp32 and report.seconds_candidate and "CPU speed" in "\n".join(report.lines())
+
+
+def test_quantize_command_fp16_writes_model_and_int8_failure_writes_nothing(
+    tiny_onnx: Path, calib_folder: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cxr_edge.cli import app
+
+    runner = CliRunner()
+    gate = ["--gate-real", "0", "--gate-phantoms", "6", "--gate-phantom-maps", "1", "--threads", "1"]
+    out16 = tmp_path / "m.fp16.onnx"
+    result = runner.invoke(
+        app, ["quantize", "--onnx", str(tiny_onnx), "--precision", "fp16", "--out", str(out16), *gate]
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy gate (fp16 vs fp32" in result.output and "result: PASSED" in result.output
+    assert ModelMetadata.from_onnx(out16).precision == "fp16"
+
+    out8 = tmp_path / "m.int8.onnx"
+    calib_dir = tmp_path / "calibration"
+    # clipping activations at the median destroys the model: the gate must fail and write nothing
+    args = ["quantize", "--onnx", str(tiny_onnx), "--precision", "int8", "--calib", str(calib_folder),
+            "--percentile", "50", "--patches-per-image", "16", "--out", str(out8),
+            "--calibration-dir", str(calib_dir), *gate]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    assert "result: FAILED" in result.output and "failed the accuracy gate" in result.output
+    assert not out8.exists() and not list(tmp_path.glob("*.part"))
+    assert (calib_dir / f"{calib_folder.name}.manifest.json").is_file()
+
+    result = runner.invoke(
+        app, ["quantize", "--onnx", str(tiny_onnx), "--precision", "int8", "--out", str(out8)]
+    )
+    assert result.exit_code == 2 and "needs --calib" in result.output

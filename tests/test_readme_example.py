@@ -1,0 +1,60 @@
+"""Runs docs/api_example.py, the README's Python API example, exactly as written."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "api_example.py"
+
+
+def check_example_results(namespace: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    pred = namespace["pred"]
+    h, w = pred.gray.shape
+    assert namespace["rgb"].shape == (h, w, 3) and namespace["rgb"].dtype == np.uint8
+    size = pred.metadata.image_size
+    assert namespace["heat"].shape == (size, size) and namespace["heat"].dtype == np.float32
+    report = json.loads(json.dumps(namespace["report"]))
+    assert report["steps"] == 4 and len(report["findings"]) == len(pred.metadata.labels)
+    printed = capsys.readouterr().out.splitlines()
+    top = max(pred.findings, key=lambda f: f.probability)
+    assert len(printed) == 3 and printed[0].startswith(top.label)
+
+
+def test_example_with_the_bundled_assets(capsys: pytest.CaptureFixture[str]) -> None:
+    from cxr_edge.assets import ASSETS_DIR, DEMO_MODEL_NAME, SAMPLE_IMAGE_NAME
+
+    if not (ASSETS_DIR / DEMO_MODEL_NAME).is_file() or not (ASSETS_DIR / SAMPLE_IMAGE_NAME).is_file():
+        pytest.skip("the bundled demo model / sample image are not in this checkout yet")
+    check_example_results(runpy.run_path(str(EXAMPLE)), capsys)
+
+
+def test_example_runs_with_any_model(
+    tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same file, with the bundled assets swapped for the tiny test model and a made-up image."""
+    import cv2
+
+    import cxr_edge.assets
+
+    image = tmp_path / "chest.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(image), rng.integers(0, 256, size=(180, 150), dtype=np.uint8))
+    monkeypatch.setattr(cxr_edge.assets, "default_model_path", lambda: tiny_onnx)
+    monkeypatch.setattr(cxr_edge.assets, "sample_image_path", lambda: image)
+    check_example_results(runpy.run_path(str(EXAMPLE)), capsys)
+
+
+def test_missing_assets_give_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cxr_edge.assets
+    from cxr_edge.errors import CxrEdgeError
+
+    monkeypatch.setattr(cxr_edge.assets, "ASSETS_DIR", tmp_path)
+    with pytest.raises(CxrEdgeError, match="demo model is missing"):
+        cxr_edge.assets.default_model_path()
+    with pytest.raises(CxrEdgeError, match="sample image is missing"):
+        cxr_edge.assets.sample_image_path()

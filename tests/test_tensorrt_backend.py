@@ -1,0 +1,350 @@
+"""TensorRT backend: type-check against tensorrt-stubs, stream handles, the run path over a fake
+TensorRT/CUDA (chunking, DLA padding, device-resident logits), and real-GPU parity (skips cleanly)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import cxr_edge.backends.tensorrt as trt_backend
+from cxr_edge.engine.manifest import EngineManifest, sha256_file, write_manifest
+from cxr_edge.engine.profile import BatchProfile
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.gpu import GpuInfo, stream_handle
+from cxr_edge.metadata import ModelMetadata
+
+REPO = Path(__file__).resolve().parents[1]
+TYPED_MODULES = ["cxr_edge/engine", "cxr_edge/backends/tensorrt.py", "cxr_edge/gpu.py"]
+
+
+# --- mypy against tensorrt-stubs ---------------------------------------------------------------
+
+
+def _repair_stub(text: str) -> str:
+    """tensorrt-stubs 10.x has parameters named ``in`` and a default-before-required parameter."""
+    text = re.sub(r"([(,]\s*)(in|out):", r"\1\2_:", text)
+    lines = text.split("\n")
+    for _ in range(50):
+        try:
+            ast.parse("\n".join(lines))
+            return "\n".join(lines)
+        except SyntaxError as exc:
+            if exc.lineno is None or "default" not in (exc.msg or ""):
+                raise
+            index = exc.lineno - 1
+            lines[index] = re.sub(
+                r"(\b\w+: [\w\[\]., ]+?)(?=[,)])",
+                lambda m: m.group(1) if "=" in m.group(1) else m.group(1) + " = ...",
+                lines[index],
+            )
+    raise AssertionError("could not repair tensorrt stubs")
+
+
+def test_gpu_modules_typecheck_against_tensorrt_stubs(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    spec = importlib.util.find_spec("tensorrt_stubs")
+    if spec is None or spec.origin is None:
+        pytest.skip("tensorrt-stubs is not installed")
+    site = Path(spec.origin).parents[1]
+    for package in ("tensorrt", "tensorrt_bindings"):
+        stubs = sorted((site / package).glob("*.pyi"))
+        assert stubs, f"tensorrt-stubs has no {package}/*.pyi"
+        (tmp_path / package).mkdir()
+        for stub in stubs:
+            (tmp_path / package / stub.name).write_text(_repair_stub(stub.read_text()))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(REPO / "pyproject.toml"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *TYPED_MODULES,
+        ],
+        check=False,
+        cwd=REPO,
+        env={"MYPYPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- stream handles ----------------------------------------------------------------------------
+
+
+def test_stream_handle_accepts_the_usual_stream_objects() -> None:
+    class CudaPythonStream:  # cuda-python cudaStream_t / CUstream: int() gives the address
+        def __int__(self) -> int:
+            return 0x1234
+
+    assert stream_handle(0x10) == 0x10
+    assert stream_handle(SimpleNamespace(handle=0x20)) == 0x20  # pycuda.driver.Stream
+    assert stream_handle(SimpleNamespace(ptr=0x30)) == 0x30  # CuPy stream
+    assert stream_handle(CudaPythonStream()) == 0x1234
+    with pytest.raises(CxrEdgeError, match="stream handle"):
+        stream_handle(object())
+    with pytest.raises(CxrEdgeError):
+        stream_handle(True)
+
+
+def test_backend_without_tensorrt_is_a_one_line_error(tmp_path: Path) -> None:
+    from cxr_edge.engine.tensorrt_build import TENSORRT_MISSING, import_tensorrt
+
+    try:
+        import_tensorrt()
+        pytest.skip("TensorRT is installed here")
+    except CxrEdgeError:
+        pass
+    with pytest.raises(CxrEdgeError) as info:
+        trt_backend.TensorRtBackend(tmp_path / "x.plan")
+    assert str(info.value) == TENSORRT_MISSING
+
+
+# --- the run path over a fake TensorRT + CUDA --------------------------------------------------
+
+
+class FakeMemory:
+    """Device memory as numpy byte arrays at fake addresses."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, np.ndarray] = {}
+        self.next = 1 << 20
+
+    def alloc(self, nbytes: int) -> int:
+        ptr = self.next
+        self.blocks[ptr] = np.zeros(nbytes, np.uint8)
+        self.next += nbytes + 4096
+        return ptr
+
+    def view(self, ptr: int, nbytes: int) -> np.ndarray:
+        for base, block in self.blocks.items():
+            if base <= ptr and ptr + nbytes <= base + block.size:
+                return block[ptr - base : ptr - base + nbytes]
+        raise AssertionError(f"access outside any allocation: {ptr:#x} + {nbytes}")
+
+
+MEMORY = FakeMemory()
+
+
+class FakeBuffer:
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.ptr = MEMORY.alloc(nbytes)
+
+    def upload(self, host: np.ndarray, stream: object) -> None:
+        MEMORY.view(self.ptr, host.nbytes)[:] = np.ascontiguousarray(host).view(np.uint8).ravel()
+
+    def download(self, host: np.ndarray, stream: object) -> None:
+        assert host.flags.c_contiguous
+        host.view(np.uint8).reshape(-1)[:] = MEMORY.view(self.ptr, host.nbytes)
+
+    def zero(self, stream: object) -> None:
+        MEMORY.view(self.ptr, self.nbytes)[:] = 0
+
+    def free(self) -> None:
+        self.ptr = 0
+
+
+class FakeStream:
+    def __init__(self, external: object = None) -> None:
+        self.handle = 77 if external is None else stream_handle(external)
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+WEIGHTS = np.linspace(-1.0, 1.0, 14 * 64 * 64).reshape(14, 64 * 64).astype(np.float32)
+
+
+class FakeContext:
+    """'Engine': logits = patches (flattened) @ WEIGHTS.T; records every call."""
+
+    def __init__(self, profile: BatchProfile) -> None:
+        self.profile = profile
+        self.shape: tuple[int, ...] | None = None
+        self.addresses: dict[str, int] = {}
+        self.calls: list[int] = []
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        if not self.profile.min <= shape[0] <= self.profile.max:
+            return False
+        self.shape = shape
+        return True
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        assert stream == 77 and self.shape is not None
+        rows = self.shape[0]
+        x = MEMORY.view(self.addresses["patches"], rows * 64 * 64 * 4).view(np.float32).reshape(rows, -1)
+        MEMORY.view(self.addresses["logits"], rows * 14 * 4)[:] = (
+            (x @ WEIGHTS.T).astype(np.float32).view(np.uint8).ravel()
+        )
+        self.calls.append(rows)
+        return True
+
+
+def _install_fakes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, profile: BatchProfile
+) -> tuple[Path, list]:
+    contexts: list[FakeContext] = []
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i: int) -> str:
+            return ["patches", "logits"][i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "in" if name == "patches" else "out"
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return "float"
+
+        def create_execution_context(self) -> FakeContext:
+            contexts.append(FakeContext(profile))
+            return contexts[-1]
+
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            self.DLA_core = -1
+
+        def deserialize_cuda_engine(self, blob: bytes) -> Engine | None:
+            return Engine() if blob == b"fake plan" else None
+
+    fake_trt = SimpleNamespace(
+        __version__="10.3.0.30",
+        Runtime=Runtime,
+        TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"),
+        DataType=SimpleNamespace(FLOAT="float"),
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
+    monkeypatch.setattr(trt_backend, "make_logger", lambda: object())
+    monkeypatch.setattr(trt_backend, "DeviceBuffer", FakeBuffer)
+    monkeypatch.setattr(trt_backend, "Stream", FakeStream)
+    monkeypatch.setattr(trt_backend, "set_device", lambda index: None)
+    monkeypatch.setattr(
+        trt_backend,
+        "copy_device",
+        lambda src, dst, n, stream: MEMORY.view(dst, n).__setitem__(slice(None), MEMORY.view(src, n)),
+    )
+    monkeypatch.setattr(trt_backend, "device_info", lambda index: GpuInfo(0, "Orin", "8.7", 1 << 34))
+
+    plan = tmp_path / "fake.plan"
+    plan.write_bytes(b"fake plan")
+    manifest = EngineManifest(
+        tensorrt_version="10.3.0.30",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="fp16",
+        profile=profile,
+        onnx_file="m.onnx",
+        onnx_sha256="0" * 64,
+        plan_sha256=sha256_file(plan),
+        metadata=ModelMetadata(precision="fp16"),
+        dla_core=0 if profile.fixed else None,
+    )
+    write_manifest(plan, manifest)
+    return plan, contexts
+
+
+def _patches(count: int) -> np.ndarray:
+    return np.random.default_rng(count).random((count, 1, 64, 64), dtype=np.float32)
+
+
+@pytest.mark.parametrize("profile", [BatchProfile(1, 128, 128), BatchProfile(128, 128, 128)])
+@pytest.mark.parametrize("count", [1, 128, 300])
+def test_run_chunks_and_matches_reference(monkeypatch, tmp_path, profile: BatchProfile, count: int) -> None:
+    plan, contexts = _install_fakes(monkeypatch, tmp_path, profile)
+    patches = _patches(count)
+    expected = patches.reshape(count, -1).astype(np.float64) @ WEIGHTS.T.astype(np.float64)
+    with trt_backend.TensorRtBackend(plan) as backend:
+        logits = backend.run(patches)
+        assert backend.max_batch == 128 and backend.metadata.precision == "fp16"
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-3)
+    calls = contexts[0].calls
+    if profile.fixed:
+        assert calls == [128] * (-(-count // 128))  # every call is the fixed batch (zero padded)
+    else:
+        assert sum(calls) == count and max(calls) <= 128
+
+
+def test_run_device_keeps_all_logits_on_device(monkeypatch, tmp_path) -> None:
+    plan, _ = _install_fakes(monkeypatch, tmp_path, BatchProfile(128, 128, 128))
+    patches = _patches(300)
+    backend = trt_backend.TensorRtBackend(plan, stream=SimpleNamespace(handle=77))
+    on_device = backend.run_device(patches)
+    assert (on_device.rows, on_device.num_classes, on_device.stream) == (300, 14, 77)
+    device_logits = MEMORY.view(on_device.ptr, 300 * 14 * 4).view(np.float32).reshape(300, 14)
+    host = backend.run(patches)
+    np.testing.assert_allclose(device_logits, host, rtol=0, atol=0)
+    # into a caller's buffer (the CUDA postprocess's logits area), at an offset
+    caller = FakeBuffer((10 + 300) * 14 * 4)
+    placed = backend.run_device(patches, out_ptr=caller.ptr + 10 * 14 * 4)
+    assert placed.ptr == caller.ptr + 10 * 14 * 4
+    written = MEMORY.view(caller.ptr, caller.nbytes).view(np.float32).reshape(310, 14)
+    assert np.array_equal(written[10:], host) and not written[:10].any()
+
+
+def test_run_rejects_wrong_patch_shape(monkeypatch, tmp_path) -> None:
+    plan, _ = _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    backend = trt_backend.TensorRtBackend(plan)
+    with pytest.raises(CxrEdgeError, match=r"\(N, 1, 64, 64\)"):
+        backend.run(np.zeros((4, 64, 64), np.float32))
+
+
+def test_foreign_or_tampered_plan_is_refused(monkeypatch, tmp_path) -> None:
+    plan, _ = _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    monkeypatch.setattr(
+        trt_backend, "device_info", lambda index: GpuInfo(0, "NVIDIA H100 80GB HBM3", "9.0", 1)
+    )
+    with pytest.raises(
+        CxrEdgeError, match="built for GPU 'Orin'.*rebuild it here with: cxr-edge build-engine"
+    ):
+        trt_backend.TensorRtBackend(plan)
+    monkeypatch.setattr(trt_backend, "device_info", lambda index: GpuInfo(0, "Orin", "8.7", 1))
+    plan.write_bytes(b"fake plan, changed")
+    with pytest.raises(CxrEdgeError, match="does not match its manifest"):
+        trt_backend.TensorRtBackend(plan)
+
+
+# --- real TensorRT on a real GPU ---------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
+    from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine, import_tensorrt
+    from cxr_edge.gpu import device_info
+
+    try:
+        import_tensorrt()
+        device_info(0)
+    except CxrEdgeError as exc:
+        pytest.skip(str(exc))
+    from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
+
+    plan = tmp_path / "engines" / "tiny-fp32.plan"
+    build_engine(BuildOptions(onnx=tiny_onnx, precision="fp32", out=plan, max_patches=128, workspace_mb=512))
+    patches = _patches(200)
+    with trt_backend.TensorRtBackend(plan) as backend:
+        got = backend.run(patches)
+    expected = OnnxRuntimeBackend(tiny_onnx).run(patches)
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2 * float(np.abs(expected).max()))
