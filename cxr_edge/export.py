@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -106,7 +105,7 @@ def _torch_to_onnx(model: Any, patch_size: int, opset: int) -> bytes:
         torch.onnx.export(
             model,
             (dummy,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter accepts file objects
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
@@ -118,7 +117,7 @@ def _torch_to_onnx(model: Any, patch_size: int, opset: int) -> bytes:
 
 
 def _simplify(proto: Any, path: Path) -> Any:
-    import onnxsim
+    import onnxsim  # type: ignore[import-untyped]
 
     try:
         simplified, ok = onnxsim.simplify(proto)
@@ -147,7 +146,8 @@ def _parity(model: Any, onnx_path: Path, metadata: ModelMetadata, report: Export
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: patches})
         if got.shape != expected.shape or got.dtype != np.float32:
             raise CxrEdgeError(
-                onnx_path, f"ONNX output {got.shape} {got.dtype} != PyTorch {expected.shape} float32 at N={batch}"
+                onnx_path,
+                f"ONNX output {got.shape} {got.dtype} != PyTorch {expected.shape} float32 at N={batch}",
             )
         report.parity_max_abs_diff[batch] = float(np.max(np.abs(got.astype(np.float64) - expected)))
         torch_logits.append(expected.astype(np.float64))
@@ -180,7 +180,8 @@ def export_onnx(
         raise ValueError(f"opset {opset} < 17")
     if metadata.num_classes != model.num_classes:
         raise CxrEdgeError(
-            out_path, f"metadata has {metadata.num_classes} labels but the model has {model.num_classes} classes"
+            out_path,
+            f"metadata has {metadata.num_classes} labels but the model has {model.num_classes} classes",
         )
     metadata = metadata.with_(variant=model.variant, package_version=__version__)
     model.eval()
@@ -212,11 +213,11 @@ def export_onnx(
 
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a model file is for sharing
         if parity:
-            with step("parity", f"parity check PyTorch vs ONNX Runtime (N = {', '.join(map(str, PARITY_BATCH_SIZES))})"):
+            with step(
+                "parity",
+                f"parity check PyTorch vs ONNX Runtime (N = {', '.join(map(str, PARITY_BATCH_SIZES))})",
+            ):
                 _parity(model, tmp, metadata, report)
             if not report.max_abs_diff <= tolerance:  # also catches NaN
                 raise ParityError(

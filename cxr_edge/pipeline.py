@@ -142,8 +142,9 @@ class Prediction:
         """(N, N) float32 map of one finding in logit units, model frame."""
         if map not in MAP_KINDS:
             raise CxrEdgeError(None, f"map must be one of {', '.join(MAP_KINDS)}, got {map!r}")
-        maps = self.maps.scaled if map == "scaled" else self.maps.raw
-        return maps[self._index(label)]
+        maps: np.ndarray = self.maps.scaled if map == "scaled" else self.maps.raw
+        one: np.ndarray = maps[self._index(label)]
+        return one
 
     def overlay(
         self,
@@ -166,7 +167,7 @@ class Prediction:
         rgb = render.overlay(self.gray, value_map, self.crop, vmax, alpha_max=alpha_max)
         if legend:
             f = self.finding(label)
-            render.draw_legend(rgb, f.label, f.probability, vmax, map_name=map)
+            render.draw_legend(rgb, f.label, f.probability, vmax, map_name=map, threshold=f.threshold)
         return rgb
 
     def to_report(self, map: str = "scaled") -> dict[str, Any]:
@@ -275,7 +276,9 @@ class CxrEdge:
         model = Path(model)
         if not model.is_file():
             raise CxrEdgeError(model, "no such model file")
-        return cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        edge = cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        _ = edge.model_info  # hash the model file now, not inside the first predict
+        return edge
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -316,6 +319,8 @@ class CxrEdge:
 
         steps = check_steps(steps)
         md = self.metadata
+        if steps > md.patch_size:
+            raise CxrEdgeError(None, f"steps {steps} exceeds the model's patch size {md.patch_size}")
         timings: dict[str, float] = {}
         clock = time.perf_counter
 

@@ -25,8 +25,8 @@ def _diverging_lut() -> np.ndarray:
     f = np.arange(256, dtype=np.float64)[:, None] / 255.0
     lower = _BLUE + (_WHITE - _BLUE) * (f / 0.5)
     upper = _WHITE + (_RED - _WHITE) * ((f - 0.5) / 0.5)
-    lut = np.where(f < 0.5, lower, upper)
-    return np.rint(lut).astype(np.uint8)
+    lut: np.ndarray = np.rint(np.where(f < 0.5, lower, upper)).astype(np.uint8)
+    return lut
 
 
 #: (256, 3) uint8 RGB, blue -> white -> red; index = round((t + 1) * 127.5) for t in [-1, 1].
@@ -92,12 +92,17 @@ def overlay(
 
 
 def draw_legend(
-    rgb: np.ndarray, label: str, probability: float, vmax: float, map_name: str = ""
+    rgb: np.ndarray,
+    label: str,
+    probability: float,
+    vmax: float,
+    map_name: str = "",
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Draw a small legend in the top-right corner of ``rgb`` (h, w, 3) uint8 RGB, in place.
 
-    Shows the finding, its probability and a colour bar from -vmax (blue, against) to +vmax
-    (red, for) in logit units. Sized relative to the image so it stays legible from 256 px
+    Shows the finding, its probability (and the model's decision threshold, if any) and a
+    colour bar from -vmax (blue, against) to +vmax (red, for) in logit units. Sized relative to the image so it stays legible from 256 px
     to 4k px. Returns ``rgb``.
     """
     import cv2
@@ -105,7 +110,10 @@ def draw_legend(
     h, w = rgb.shape[:2]
     font = cv2.FONT_HERSHEY_SIMPLEX
     suffix = f" ({map_name})" if map_name else ""
-    lines = [f"{label}", f"p = {probability:.3f}", f"map{suffix}, logit units"]
+    decision = ""
+    if threshold is not None:
+        decision = f"  (threshold {threshold:.3f}: {'positive' if probability >= threshold else 'negative'})"
+    lines = [f"{label}", f"p = {probability:.3f}{decision}", f"map{suffix}, logit units"]
     ticks = [f"-{vmax:.3g}", "0", f"+{vmax:.3g}"]
     scale = max(min(h, w) / 1024.0, 0.35)
     while True:

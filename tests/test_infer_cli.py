@@ -266,6 +266,11 @@ def test_folders_expand_and_one_bad_file_fails_alone(tiny128: Path, tmp_path: Pa
     second = json.loads((out / "good-2.json").read_text())  # not overwritten: a distinct name
     assert second["image"] == str(folder / "sub" / "good.png")
     assert not list(out.glob("broken*")) and not list(out.glob("*.part"))
+    as_json = invoke(str(folder), "--json", "--model", str(tiny128), "-o", str(out), "-s", "1")
+    reports = json.loads(as_json.stdout)  # type: ignore[attr-defined]
+    entries = {str(Path(r["image"]).relative_to(folder)): r for r in reports}
+    assert as_json.exit_code == 1 and len(reports) == 4 and "broken.png" in entries["broken.png"]["error"]
+    assert "findings" in entries["sub/deep.png"] and "findings" in entries["sub/good.png"]
 
 
 def test_exit_codes_for_usage_errors_and_all_failed(tiny128: Path, tmp_path: Path) -> None:
@@ -328,4 +333,4 @@ def test_real_out_of_scope_dicom_is_refused(shared_cxr: Path, tiny128: Path, tmp
     forced = invoke(
         str(copy), "--allow-non-chest", "--model", str(tiny128), "-o", str(tmp_path / "o"), "-s", "1"
     )
-    assert forced.exit_code == 0
+    assert forced.exit_code == 0 and "warning:" in forced.stderr  # type: ignore[attr-defined]

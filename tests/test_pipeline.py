@@ -227,6 +227,8 @@ def test_bad_inputs_raise_one_line_errors(tmp_path) -> None:  # type: ignore[no-
         edge.predict(np.full((40, 40), 2.0))
     with pytest.raises(CxrEdgeError, match="unsupported dtype"):
         edge.predict(np.zeros((40, 40), np.int32))
+    with pytest.raises(CxrEdgeError, match="exceeds the model's patch size"):
+        edge.predict(np.zeros((40, 40), np.uint8), steps=32)  # 16-pixel patches: at most 16 shifts
     with pytest.raises(CxrEdgeError, match="no such model file"):
         CxrEdge.load(tmp_path / "missing.onnx")
 
@@ -283,3 +285,21 @@ def test_bench_eager_reference_computes_the_same_maps(steps: int) -> None:
     for got, want in ((raw, ref["raw"]), (scaled, ref["scaled"])):
         assert np.abs(got.numpy() - want).max() <= 1e-4 * np.abs(want).max()
     assert np.abs(logits.numpy() - ref["logits"]).max() <= 1e-4 * np.abs(ref["raw"]).max()
+
+
+def test_evidence_summary_locates_the_peak_in_original_pixels() -> None:
+    from cxr_edge.report import evidence_summary
+
+    gray = xray_like(300, 200, seed=4)  # crop: rows 50..249, all columns, side 200
+    pred = CxrEdge(LinearBackend()).predict(gray, steps=1)
+    scaled = pred.maps.scaled
+    scaled[0] = 0.0
+    scaled[0, 70:74, 100:104] = 5.0  # one hot spot in the model frame (128 px for 200 px)
+    scaled[0, 0:2, 0:2] = 1.0  # a little evidence in the corner
+    ev = evidence_summary(pred, LABELS[0], "scaled")
+    assert ev["peak"]["value"] == 5.0
+    assert ev["peak"]["x"] == pytest.approx((100 + 0.5) * 200 / 128 - 0.5, abs=0.05)
+    assert ev["peak"]["y"] == pytest.approx(50 + (70 + 0.5) * 200 / 128 - 0.5, abs=0.05)
+    assert not ev["peak_in_border"]
+    assert ev["border_share"] == pytest.approx(4.0 / (16 * 5.0 + 4.0))
+    assert ev["border_area_share"] == pytest.approx(1 - (112 / 128) ** 2, abs=1e-4)

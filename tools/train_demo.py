@@ -125,9 +125,32 @@ def image_logits(model, images_u8: np.ndarray, patch_size: int, batch: int = 16)
     return np.concatenate(outs)
 
 
+#: The bundled sample: a held-out phantom (1024 px tall, non-square) with one planted finding.
+SAMPLE_SEED = 2_000_003
+SAMPLE_FINDING = "Pleural Effusion"
+
+
+def write_sample(path: Path, seed: int = SAMPLE_SEED, finding: str = SAMPLE_FINDING) -> None:
+    """Render the bundled sample phantom (only ``finding`` planted) to ``path`` as 8-bit PNG."""
+    import cv2
+
+    from cxr_edge.atomic import atomic_path
+    from cxr_edge.phantoms import PHANTOM_LABELS, render_phantom
+
+    p = render_phantom(seed, size=1024, vary_shape=True, findings={k: int(k == finding) for k in PHANTOM_LABELS})
+    ok, png = cv2.imencode(".png", p.image)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(png.tobytes())
+    print(f"wrote {path}: phantom seed {seed}, {p.image.shape[1]}x{p.image.shape[0]}, finding {finding}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, log, cache)")
+    ap.add_argument("--out", type=Path, help="output folder (checkpoint, log, cache)")
+    ap.add_argument("--write-sample", type=Path, default=None,
+                    help="only render the bundled sample phantom to this PNG and exit")
     ap.add_argument("--train", type=int, default=2400, help="training phantoms (seeds 0..N-1)")
     ap.add_argument("--val", type=int, default=400, help="validation phantoms (threshold choice)")
     ap.add_argument("--epochs", type=float, default=6.0)
@@ -141,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation AUROC prints")
     ap.add_argument("--export", type=Path, default=None, help="also export the ONNX here (needs cxr_edge.export)")
     args = ap.parse_args(argv)
+    if args.write_sample is not None:
+        write_sample(args.write_sample)
+        return 0
+    if args.out is None:
+        ap.error("--out is required for training")
 
     import torch
 

@@ -3,6 +3,7 @@ parity-checked against PyTorch. Exit 2 on bad input, 3 when the parity gate fail
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +14,9 @@ from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_er
 
 
 def export_command(
-    weights: Annotated[Path, typer.Option("--weights", "-w", help="Checkpoint: official state dict or cxr-edge .pt.")],
+    weights: Annotated[
+        Path, typer.Option("--weights", "-w", help="Checkpoint: official state dict or cxr-edge .pt.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output ONNX file (written atomically).")],
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (>= 17).")] = 17,
     parity: Annotated[bool, typer.Option(help="Check ONNX Runtime against PyTorch (recommended).")] = True,
@@ -37,7 +40,7 @@ def export_command(
 
         if threads:
             torch.set_num_threads(threads)
-        with console.status("loading checkpoint ...") if not quiet else _null():
+        with console.status("loading checkpoint ...") if not quiet else contextlib.nullcontext():
             checkpoint = read_checkpoint(weights)
         if not quiet:
             console.print(
@@ -70,12 +73,6 @@ def export_command(
         f"{out}: {report.onnx_bytes / 1e6:.1f} MB, {report.nodes} nodes, opset {report.opset}, "
         f"{parity_text}; {total:.1f} s"
     )
-
-
-def _null():  # type: ignore[no-untyped-def]
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def register(app: typer.Typer) -> None:

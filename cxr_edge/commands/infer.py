@@ -99,9 +99,10 @@ def maps_npz_bytes(prediction: Prediction) -> bytes:
 
 def findings_table(prediction: Prediction, shown: list[str]) -> Any:
     """A rich table of all findings; rows with an overlay are marked."""
+    from rich.markup import escape
     from rich.table import Table
 
-    title = f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})"
+    title = escape(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
     table = Table(title=title, title_justify="left")
     table.add_column("finding")
     table.add_column("probability", justify="right")
@@ -113,7 +114,9 @@ def findings_table(prediction: Prediction, shown: list[str]) -> Any:
         style = "bold red" if f.positive else ("bold" if f.label in shown else None)
         thr = "-" if f.threshold is None else f"{f.threshold:.3f}"
         mark = " *" if f.label in shown else ""
-        table.add_row(f.label + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style)
+        table.add_row(
+            escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style
+        )
     return table
 
 
@@ -234,7 +237,8 @@ def register(app: typer.Typer) -> None:
         reports: list[dict[str, Any]] = []
         failed = 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
+        # one_line_errors here only turns Ctrl-C into "error: interrupted" and exit 130.
+        with one_line_errors(), Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("infer", total=len(files))
             for path, stem in zip(files, output_stems(files)):
                 progress.update(task, description=path.name)
@@ -247,12 +251,15 @@ def register(app: typer.Typer) -> None:
                         message = str(exc) if exc.path else f"{path}: {exc.problem}"
                     else:
                         message = f"{path}: {type(exc).__name__}: {exc}"
+                    message = " ".join(message.split("\n"))  # one line, whatever the source
                     failed += 1
                     reports.append({"image": str(path), "error": message})
                     print_error(message)
                 else:
                     reports.append(report)
                     progress.console.print(findings_table(pred, shown))
+                    if pred.info.get("scope_warning"):
+                        typer.echo(f"warning: {path}: {pred.info['scope_warning']}", err=True)
                 progress.advance(task)
         if as_json:
             typer.echo(report_json(reports), nl=False)

@@ -42,7 +42,8 @@ def calibrate_batchnorm(
     if residual_gain is not None:
         for block in model.modules():
             if isinstance(block, (MBConv, FusedMBConv)) and block.use_res_connect:
-                block.block[-1][1].weight.fill_(residual_gain)  # block[-1] is ConvNormAct, [1] its BN
+                last_bn = block.block[-1][1]  # type: ignore[index]  # block[-1] is a ConvNormAct, [1] its BN
+                last_bn.weight.fill_(residual_gain)
 
     def set_stats(bn: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         assert isinstance(bn, nn.BatchNorm2d)
@@ -51,7 +52,9 @@ def calibrate_batchnorm(
         bn.running_var.copy_(act.var(dim=(0, 2, 3), unbiased=False).to(bn.running_var.dtype))  # type: ignore[union-attr]
         bn.num_batches_tracked.fill_(1)  # type: ignore[union-attr]
 
-    handles = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles = [
+        m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    ]
     try:
         logits = model(x)
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,33 +60,41 @@ def _torch_load(path: Path) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign pickles
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CxrEdgeError(
-                path, "not a state dict: the file pickles Python objects, not just tensors (refused to run it)"
+                path,
+                "not a state dict: the file pickles Python objects, not just tensors (refused to run it)",
             ) from exc
-        raise CxrEdgeError(path, f"not a readable PyTorch checkpoint ({first})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CxrEdgeError(path, f"not a readable PyTorch checkpoint ({first[:100]})") from exc
+    except Exception as exc:  # torch.load raises many types (RuntimeError, EOFError, KeyError, ...)
+        first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         hint = "truncated or corrupt" if path.stat().st_size > 0 else "empty file"
-        raise CxrEdgeError(path, f"not a readable PyTorch checkpoint ({hint}: {text[:120]})") from exc
+        raise CxrEdgeError(path, f"not a readable PyTorch checkpoint ({hint}: {text[:100]})") from exc
 
 
 def _as_state_dict(path: Path, obj: Any, where: str) -> dict[str, Any]:
     import torch
 
     if not isinstance(obj, dict) or not obj:
-        raise CxrEdgeError(path, f"not a state dict: {where} is {type(obj).__name__}, expected a dict of tensors")
+        raise CxrEdgeError(
+            path, f"not a state dict: {where} is {type(obj).__name__}, expected a dict of tensors"
+        )
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors or not all(isinstance(k, str) for k in obj):
         raise CxrEdgeError(
-            path, f"not a state dict: {where} has non-tensor entries (e.g. {str(not_tensors[:1])[1:-1] or 'keys'})"
+            path,
+            f"not a state dict: {where} has non-tensor entries (e.g. {str(not_tensors[:1])[1:-1] or 'keys'})",
         )
-    if all(k.startswith(COMPILED_PREFIX) for k in obj):
-        obj = {k[len(COMPILED_PREFIX) :]: v for k, v in obj.items()}
-    return obj
+    state: dict[str, Any] = obj
+    if all(k.startswith(COMPILED_PREFIX) for k in state):
+        state = {k[len(COMPILED_PREFIX) :]: v for k, v in state.items()}
+    return state
 
 
 def _metadata_from(path: Path, raw: Any) -> ModelMetadata:

@@ -63,7 +63,7 @@ def scaled_stages(width_mult: float, depth_mult: float) -> tuple[StageConfig, ..
             s.stride,
             make_divisible(s.in_channels * width_mult),
             make_divisible(s.out_channels * width_mult),
-            max(1, int(math.ceil(s.num_layers * depth_mult))),
+            max(1, math.ceil(s.num_layers * depth_mult)),
         )
         for s in V2_S_STAGES
     )
@@ -99,7 +99,7 @@ class SqueezeExcitation(nn.Module):
         self.scale_activation = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        scale: torch.Tensor = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
         return scale * x
 
 
@@ -121,7 +121,9 @@ class StochasticDepth(nn.Module):
 class MBConv(nn.Module):
     """Inverted residual block: 1x1 expand, depthwise kxk, squeeze-excitation, 1x1 project."""
 
-    def __init__(self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float) -> None:
+    def __init__(
+        self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float
+    ) -> None:
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         expanded = make_divisible(cin * expand_ratio)
@@ -135,7 +137,7 @@ class MBConv(nn.Module):
         self.stochastic_depth = StochasticDepth(sd_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
+        out: torch.Tensor = self.block(x)
         if self.use_res_connect:
             out = self.stochastic_depth(out) + x
         return out
@@ -144,20 +146,25 @@ class MBConv(nn.Module):
 class FusedMBConv(nn.Module):
     """Fused inverted residual block: kxk expand conv (or a single kxk conv), 1x1 project."""
 
-    def __init__(self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float) -> None:
+    def __init__(
+        self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float
+    ) -> None:
         super().__init__()
         self.use_res_connect = stride == 1 and cin == cout
         expanded = make_divisible(cin * expand_ratio)
         layers: list[nn.Module]
         if expanded != cin:
-            layers = [ConvNormAct(cin, expanded, kernel, stride), ConvNormAct(expanded, cout, 1, activation=False)]
+            layers = [
+                ConvNormAct(cin, expanded, kernel, stride),
+                ConvNormAct(expanded, cout, 1, activation=False),
+            ]
         else:
             layers = [ConvNormAct(cin, cout, kernel, stride)]
         self.block = nn.Sequential(*layers)
         self.stochastic_depth = StochasticDepth(sd_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
+        out: torch.Tensor = self.block(x)
         if self.use_res_connect:
             out = self.stochastic_depth(out) + x
         return out
@@ -190,7 +197,9 @@ class EfficientNetV2(nn.Module):
                 cin = stage.in_channels if i == 0 else stage.out_channels
                 stride = stage.stride if i == 0 else 1
                 sd_prob = stochastic_depth_prob * block_id / total_blocks
-                blocks.append(block_type(cin, stage.out_channels, stage.expand_ratio, stage.kernel, stride, sd_prob))
+                blocks.append(
+                    block_type(cin, stage.out_channels, stage.expand_ratio, stage.kernel, stride, sd_prob)
+                )
                 block_id += 1
             layers.append(nn.Sequential(*blocks))
         last = make_divisible(LAST_CHANNELS * width_mult)
@@ -217,4 +226,5 @@ class EfficientNetV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return logits

@@ -45,7 +45,8 @@ class MedicalPatchNet(nn.Module):
         )
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.baseBackbone(patches)
+        logits: torch.Tensor = self.baseBackbone(patches)
+        return logits
 
     @torch.no_grad()
     def image_patch_logits(self, images: torch.Tensor, patch_size: int = 64) -> torch.Tensor:
@@ -61,4 +62,5 @@ class MedicalPatchNet(nn.Module):
             .permute(0, 2, 4, 1, 3, 5)
             .reshape(b * gh * gw, 1, patch_size, patch_size)
         )
-        return self(patches).reshape(b, gh * gw, -1)
+        logits: torch.Tensor = self(patches)
+        return logits.reshape(b, gh * gw, -1)

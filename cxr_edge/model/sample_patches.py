@@ -28,7 +28,8 @@ def synthetic_chest(size: int = 512, seed: int = 0) -> np.ndarray:
 
     def ellipse(cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
         r = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
-        return np.clip(1.0 - r, 0.0, 1.0) ** 0.5
+        inside: np.ndarray = np.sqrt(np.clip(1.0 - r, 0.0, 1.0))
+        return inside
 
     body = ellipse(0.55 + jitter[0], 0.5, 0.6, 0.46)
     lungs = ellipse(0.45 + jitter[1], 0.3 + jitter[2], 0.3, 0.15) + ellipse(0.45 + jitter[3], 0.7, 0.3, 0.15)
@@ -39,7 +40,8 @@ def synthetic_chest(size: int = 512, seed: int = 0) -> np.ndarray:
     image += 0.08 * _smooth(rng.standard_normal((size, size)), 12)  # soft tissue texture
     image += 0.02 * rng.standard_normal((size, size))  # film / detector noise
     image[: size // 40, : size // 6] = 0.95  # a burned-in text marker, as real films have
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    clipped: np.ndarray = np.clip(image, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def chest_image(size: int, seed: int) -> np.ndarray:
@@ -48,7 +50,8 @@ def chest_image(size: int, seed: int) -> np.ndarray:
         from cxr_edge.phantoms import render_phantom
     except ImportError:
         return synthetic_chest(size, seed)
-    return render_phantom(seed, size=size).image.astype(np.float32) / 255.0
+    image: np.ndarray = render_phantom(seed, size=size).image.astype(np.float32) / 255.0
+    return image
 
 
 def image_like_patches(count: int, patch_size: int = 64, seed: int = 0, image_size: int = 512) -> np.ndarray:
@@ -60,8 +63,7 @@ def image_like_patches(count: int, patch_size: int = 64, seed: int = 0, image_si
     rng = np.random.default_rng(seed)
     pad = patch_size // 2
     images = [
-        np.pad(chest_image(image_size, seed * 1000 + i), pad)
-        for i in range(max(1, min(4, count // 16)))
+        np.pad(chest_image(image_size, seed * 1000 + i), pad) for i in range(max(1, min(4, count // 16)))
     ]
     out = np.empty((count, 1, patch_size, patch_size), dtype=np.float32)
     for n in range(count):
