@@ -91,7 +91,10 @@ def binary_counts(targets: np.ndarray, probabilities: np.ndarray, threshold: flo
     y = np.asarray(targets).astype(bool).ravel()
     pred = np.asarray(probabilities, dtype=np.float64).ravel() >= threshold
     return BinaryCounts(
-        tp=int((y & pred).sum()), fp=int((~y & pred).sum()), tn=int((~y & ~pred).sum()), fn=int((y & ~pred).sum())
+        tp=int((y & pred).sum()),
+        fp=int((~y & pred).sum()),
+        tn=int((~y & ~pred).sum()),
+        fn=int((y & ~pred).sum()),
     )
 
 
@@ -156,7 +159,9 @@ def mask_to_model_frame(mask: np.ndarray, crop: tuple[int, int, int], image_size
         padded = np.zeros((side, side), np.float32)
         padded[: sub.shape[0], : sub.shape[1]] = sub
         sub = padded
-    cover = sub if side == image_size else cv2.resize(sub, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    cover = (
+        sub if side == image_size else cv2.resize(sub, (image_size, image_size), interpolation=cv2.INTER_AREA)
+    )
     out = cover >= 0.5
     if not out.any() and cover.max() > 0:
         out.ravel()[int(np.argmax(cover))] = True
@@ -172,8 +177,14 @@ class LocalizationTally:
     ious: list[float] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=lambda: {"tp": 0, "fp": 0, "fn": 0})
 
-    def add(self, value_map: np.ndarray, truth: np.ndarray | None, gt_positive: bool, predicted: bool,
-            fraction: float = 0.5) -> None:
+    def add(
+        self,
+        value_map: np.ndarray,
+        truth: np.ndarray | None,
+        gt_positive: bool,
+        predicted: bool,
+        fraction: float = 0.5,
+    ) -> None:
         """One case. ``truth`` is None when the case has no localization ground truth."""
         if gt_positive and (truth is None or not truth.any()):
             return  # positive without a region: cannot be scored for localization
@@ -293,7 +304,9 @@ def folder_cases(root: str | Path, labels: Sequence[str]) -> list[Case]:
 def _read_csv(path: Path) -> list[dict[str, str]]:
     try:
         with path.open(newline="") as fh:
-            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)]
+            return [
+                {(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(fh)
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CxrEdgeError(path, f"cannot read CSV ({exc})") from exc
 
@@ -324,7 +337,9 @@ def _generic_cases(root: Path, labels: Sequence[str]) -> list[Case]:
             try:
                 targets[label] = int(float(value) > 0.5)
             except ValueError as exc:
-                raise CxrEdgeError(root / "labels.csv", f"{row['file']}: '{label}' is not 0/1 ({value})") from exc
+                raise CxrEdgeError(
+                    root / "labels.csv", f"{row['file']}: '{label}' is not 0/1 ({value})"
+                ) from exc
         masks: dict[str, np.ndarray] = {}
         shape: tuple[int, int] | None = None
         for label in labels:

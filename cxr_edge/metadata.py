@@ -84,18 +84,20 @@ class ModelMetadata:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.thresholds is not None and len(self.thresholds) != len(self.labels):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
 
-    def with_(self, **changes: Any) -> "ModelMetadata":
+    def with_(self, **changes: Any) -> ModelMetadata:
         return replace(self, **changes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str | Path | None = None) -> "ModelMetadata":
+    def from_json(cls, text: str, source: str | Path | None = None) -> ModelMetadata:
         try:
             raw = json.loads(text)
             raw["labels"] = tuple(raw["labels"])
@@ -107,7 +109,7 @@ class ModelMetadata:
             raise CxrEdgeError(source, f"invalid cxr-edge model metadata ({exc})") from exc
 
     @classmethod
-    def from_onnx(cls, path: str | Path) -> "ModelMetadata":
+    def from_onnx(cls, path: str | Path) -> ModelMetadata:
         """Read the metadata of an ONNX file without loading its weights into a session."""
         import onnx
 
@@ -121,7 +123,7 @@ class ModelMetadata:
         return cls.from_props({p.key: p.value for p in model.metadata_props}, path)
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str | Path | None = None) -> "ModelMetadata":
+    def from_props(cls, props: dict[str, str], source: str | Path | None = None) -> ModelMetadata:
         if METADATA_KEY not in props:
             raise CxrEdgeError(
                 source, f"ONNX model has no '{METADATA_KEY}' metadata; export it with 'cxr-edge export'"

@@ -200,7 +200,7 @@ def render_phantom(
         pleural_line = _blur((edge > 0).astype(np.float32) * lung_mask[side] * (Y < ls["lcy"] + 0.12), 0.7)
 
     markings = (0.10 * vessels + 0.025 * texture) * lungs * (1 - air_rim)
-    atten = atten - 0.28 * lungs + markings - 0.09 * air_rim + 0.15 * pleural_line
+    atten = atten - 0.28 * lungs + markings - 0.13 * air_rim + 0.22 * pleural_line
 
     # --- mediastinum, aortic knob, spine ---------------------------------------------------
     med_hw = 0.045 + 0.03 * np.clip((Y - 0.2) / 0.4, 0, 1)
@@ -264,7 +264,9 @@ def render_phantom(
     atten += 0.09 * bones * body
 
     # --- findings drawn over the anatomy ---------------------------------------------------
-    def random_lung_point(rng: np.random.Generator, side: int, y_lo: float, y_hi: float) -> tuple[float, float]:
+    def random_lung_point(
+        rng: np.random.Generator, side: int, y_lo: float, y_hi: float
+    ) -> tuple[float, float]:
         ls = lung_side[side]
         for _ in range(200):
             px_ = ls["lcx"] + rng.uniform(-0.75, 0.75) * ls["ax"]
@@ -286,19 +288,21 @@ def render_phantom(
         blob = np.clip(blob / blob.max(), 0, 1) * np.clip(0.8 + 0.3 * texture, 0, 1.2)
         region = (blob > 0.35) & lung_mask[side]
         masks["Lung Opacity"] = region
-        atten += rng.uniform(0.20, 0.28) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
+        atten += (
+            rng.uniform(0.30, 0.40) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
+        )
 
     if labels["Lung Lesion"]:
         rng = finding_rng["Lung Lesion"]
         side = int(rng.choice([-1, 1]))
         nx, ny = random_lung_point(rng, side, 0.22, 0.60)
-        radius = rng.uniform(0.016, 0.035)
+        radius = rng.uniform(0.020, 0.038)
         polar = np.arctan2(Y - ny, X - nx)
         lobulation = 1 + 0.12 * np.sin(3 * polar + rng.uniform(0, 6)) * rng.random()
         dist = np.hypot(X - nx, Y - ny) / lobulation
         disc = _smoothstep(dist - radius, 0.004)
         masks["Lung Lesion"] = disc > 0.5
-        atten += rng.uniform(0.20, 0.30) * disc
+        atten += rng.uniform(0.32, 0.42) * disc
 
     if labels["Pleural Effusion"]:
         rng = finding_rng["Pleural Effusion"]
@@ -310,7 +314,7 @@ def render_phantom(
         fluid = lung_mask[side] & (Y > surface)
         masks["Pleural Effusion"] = fluid
         grade = np.clip((Y - surface) / 0.03, 0, 1)
-        atten += rng.uniform(0.24, 0.30) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
+        atten += rng.uniform(0.32, 0.40) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
 
     if labels["Support Devices"]:
         rng = finding_rng["Support Devices"]
@@ -319,9 +323,7 @@ def render_phantom(
         gx, gy = cx + side * rng.uniform(0.18, 0.28), lung_top + rng.uniform(0.02, 0.08)
         if rng.random() < 0.6:  # pacemaker generator: rounded rectangle
             gw, gh = rng.uniform(0.035, 0.05), rng.uniform(0.025, 0.035)
-            gen = _smoothstep(
-                np.maximum(np.abs(X - gx) / gw, np.abs(Y - gy) / gh) - 1.0, 0.05
-            )
+            gen = _smoothstep(np.maximum(np.abs(X - gx) / gw, np.abs(Y - gy) / gh) - 1.0, 0.05)
         else:  # port: round reservoir
             gen = _smoothstep(np.hypot(X - gx, Y - gy) - rng.uniform(0.02, 0.03), 0.004)
         dev = np.maximum(dev, gen)
@@ -368,8 +370,16 @@ def render_phantom(
         scale = cv.s / 400
         x0 = int(cv.ox + cv.s * (0.05 if rng.random() < 0.5 else 0.85))
         y0 = int(cv.oy + cv.s * rng.uniform(0.06, 0.14))
-        cv2.putText(image, letter, (x0, y0), cv2.FONT_HERSHEY_SIMPLEX, 1.3 * scale, 245,
-                    max(1, int(3 * scale)), cv2.LINE_AA)
+        cv2.putText(
+            image,
+            letter,
+            (x0, y0),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            1.3 * scale,
+            245,
+            max(1, int(3 * scale)),
+            cv2.LINE_AA,
+        )
 
     return Phantom(seed=int(seed), image=image, labels=labels, masks=masks)
 

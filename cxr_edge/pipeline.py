@@ -229,6 +229,16 @@ def _is_thread_safe(backend: PatchBackend) -> bool:
 
 
 def _default_accumulator() -> AccumulatorFactory:
+    """The CUDA postprocess when its library (tools/build_cuda.sh), cuda-python and a GPU are
+    all present, else the numpy ``SaliencyAccumulator`` (same results; the CUDA one's oracle)."""
+    from cxr_edge.cuda.kernels import find_library
+
+    if find_library() is not None:  # cheap file check: a CPU-only install never loads CUDA
+        from cxr_edge.cuda.postprocess import gpu_accumulator_factory
+
+        factory = gpu_accumulator_factory()
+        if factory is not None:
+            return factory
     from cxr_edge.postprocess import SaliencyAccumulator
 
     return SaliencyAccumulator

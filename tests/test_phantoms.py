@@ -84,3 +84,68 @@ def test_prevalence_controls_labels():
     assert all(not any(p.labels.values()) for p in none)
     every = [render_phantom(s, size=64, prevalence=1.0) for s in range(3)]
     assert all(all(p.labels.values()) for p in every)
+
+
+def load_train_demo():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_demo", Path(__file__).resolve().parents[1] / "tools" / "train_demo.py"
+    )
+    assert spec is not None and spec.loader is not None
+    train_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_demo)
+    return train_demo
+
+
+def test_training_patch_targets_match_shifted_masks():
+    """tools/train_demo.py derives per-patch targets from cached cell counts; check them against
+    shifting the pixel mask directly (out[u, v] = mask[u + dr, v + dc], zero outside)."""
+    train_demo = load_train_demo()
+
+    size, patch, cell = 128, 32, train_demo.CELL
+    masks = np.zeros((3, 1, size, size), bool)
+    masks[0, 0, 20:50, 40:90] = True  # spans patches
+    masks[1, 0, 3:7, 3:7] = True  # tiny, near the corner
+    masks[2, 0, 60:63, 60:63] = True  # tiny, central
+    n = size // cell
+    cells = masks.reshape(3, 1, n, cell, n, cell).sum(axis=(3, 5)).astype(np.uint8)
+    shifts = np.array([[-16, 8], [8, -16], [0, 0]])
+    targets, weights = train_demo.patch_targets(cells, shifts, patch)
+    g = size // patch
+    for i, (dr, dc) in enumerate(shifts):
+        padded = np.pad(masks[i, 0], patch // 2)
+        shifted = padded[patch // 2 + dr : patch // 2 + dr + size, patch // 2 + dc : patch // 2 + dc + size]
+        cover = shifted.reshape(g, patch, g, patch).sum(axis=(1, 3)).ravel().astype(np.float64)
+        positive = (cover / patch**2 >= 0.05) | (cover / masks[i].sum() >= 0.25)
+        assert np.array_equal(targets[i * g * g : (i + 1) * g * g, 0], positive.astype(np.float32))
+        assert np.array_equal(
+            weights[i * g * g : (i + 1) * g * g, 0], (positive | (cover == 0)).astype(np.float32)
+        )
+    assert targets[:, 0].sum() >= 3
+
+
+def test_sampled_training_patches_carry_their_own_targets():
+    """Each sampled patch's targets must follow from the mask pixels inside that very patch: with
+    the image equal to the mask (255 inside), a patch's pixel sum is its finding coverage."""
+    train_demo = load_train_demo()
+    size, patch, cell = 128, 32, train_demo.CELL
+    masks = np.zeros((4, 1, size, size), bool)
+    masks[0, 0, 10:40, 90:120] = True
+    masks[1, 0, 0:6, 0:6] = True  # at the corner: patches reach into the zero fill
+    masks[2, 0, 64:67, 30:33] = True
+    images = masks[:, 0].astype(np.uint8) * 255
+    cells = masks.reshape(4, 1, size // cell, cell, size // cell, cell).sum(axis=(3, 5)).astype(np.uint8)
+    targets = masks.reshape(4, 1, -1).any(-1).astype(np.float32)
+    patches, t, w = train_demo.sample_patches(images, cells, targets, 64, patch, np.random.default_rng(0))
+    assert patches.shape == (64, patch, patch) and patches.dtype == np.uint8
+    cover = patches.reshape(64, -1).sum(-1, dtype=np.int64)[:, None] / 255.0
+    areas = {int(m.sum()) for m in masks}
+    assert any(t[:, 0] == 1) and any(t[:, 0] == 0)
+    # the patch came from one image; its target must match that image's area for some image
+    for k in range(64):
+        options = [
+            train_demo.coverage_targets(cover[k : k + 1], np.array([[a]], float), patch) for a in areas
+        ]
+        assert any(np.array_equal(o[0][0], t[k]) and np.array_equal(o[1][0], w[k]) for o in options)

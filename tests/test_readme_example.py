@@ -58,3 +58,15 @@ def test_missing_assets_give_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
         cxr_edge.assets.default_model_path()
     with pytest.raises(CxrEdgeError, match="sample image is missing"):
         cxr_edge.assets.sample_image_path()
+
+
+def test_readme_shows_the_example_verbatim() -> None:
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    assert f"```python\n{EXAMPLE.read_text()}```" in readme
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    root = EXAMPLE.parents[1]
+    readme = (root / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.endswith("python3 -m pytest -q"))
+    assert command in (root / ".ci" / "run").read_text().splitlines()

@@ -44,7 +44,9 @@ def _render(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return p.image, p.label_vector(), cells.astype(np.uint8)
 
 
-def render_cache(path: Path, seeds: range, size: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_cache(
+    path: Path, seeds: range, size: int, workers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Phantoms ``(N, size, size) uint8``, targets ``(N, C) float32`` and mask pixel counts per
     CELL x CELL cell ``(N, C, size/CELL, size/CELL) uint8``, cached in ``path``."""
     if path.is_file():
@@ -56,7 +58,14 @@ def render_cache(path: Path, seeds: range, size: int, workers: int) -> tuple[np.
         out = pool.map(_render, [(s, size) for s in seeds], chunksize=16)
     images, targets, cells = (np.stack([o[i] for o in out]) for i in range(3))
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, images=images, targets=targets, cells=cells, seeds=np.array([seeds.start, seeds.stop]), size=size)
+    np.savez(
+        path,
+        images=images,
+        targets=targets,
+        cells=cells,
+        seeds=np.array([seeds.start, seeds.stop]),
+        size=size,
+    )
     print(f"rendered {len(seeds)} phantoms in {time.time() - t0:.0f} s -> {path}", flush=True)
     return images, targets, cells
 
@@ -78,11 +87,62 @@ def patch_targets(cells: np.ndarray, shifts: np.ndarray, patch_size: int) -> tup
         win = padded[i, :, dr + pad : dr + pad + n, dc + pad : dc + pad + n]
         cover[i] = win.reshape(c, g, per, g, per).sum(axis=(2, 4)).reshape(c, g * g).T
     area = cells.reshape(b, c, -1).sum(-1).astype(np.float64)[:, None, :]
+    positive, weight = coverage_targets(cover, area, patch_size)
+    return positive.reshape(b * g * g, c), weight.reshape(b * g * g, c)
+
+
+def coverage_targets(cover: np.ndarray, area: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patch targets and weights from finding pixel counts ``cover`` and finding areas ``area``
+    (broadcastable, ``(..., C)``): 1 where the patch holds >= 5 % finding pixels or >= 25 % of the
+    finding; weight 0 where it touches the finding only marginally."""
     frac_patch = cover / float(patch_size * patch_size)
     frac_finding = np.divide(cover, area, out=np.zeros_like(cover), where=area > 0)
     positive = (frac_patch >= 0.05) | (frac_finding >= 0.25)
-    weight = np.where(positive | (cover == 0), 1.0, 0.0)
-    return positive.reshape(b * g * g, c).astype(np.float32), weight.reshape(b * g * g, c).astype(np.float32)
+    return positive.astype(np.float32), np.where(positive | (cover == 0), 1.0, 0.0).astype(np.float32)
+
+
+def sample_patches(
+    images: np.ndarray,
+    cells: np.ndarray,
+    targets: np.ndarray,
+    n: int,
+    patch_size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` single patches for the balanced patch loss: half centred near a planted finding,
+    half anywhere; top-left corners on the CELL grid in [-P/2, H - P/2] with zero fill, the same
+    positions the runtime's shifted tiles take.
+
+    Returns ``(n, P, P) uint8`` patches, ``(n, C) float32`` targets and weights.
+    """
+    size = images.shape[-1]
+    half, per = patch_size // 2, patch_size // CELL
+    padded_cells = np.pad(cells.astype(np.int64), ((0, 0), (0, 0), (half // CELL,) * 2, (half // CELL,) * 2))
+    out = np.zeros((n, patch_size, patch_size), np.uint8)
+    cover = np.zeros((n, cells.shape[1]), np.float64)
+    area = np.zeros_like(cover)
+    lo, hi = -half // CELL, (size - half) // CELL  # corner range in cells
+    for k in range(n):
+        i = int(rng.integers(len(images)))
+        positives = np.flatnonzero(targets[i] > 0)
+        r0 = c0 = None
+        if k % 2 == 0 and positives.size:
+            cls = int(rng.choice(positives))
+            rr, cc = np.nonzero(cells[i, cls])
+            if rr.size:
+                j = int(rng.integers(rr.size))
+                r0 = int(np.clip(rr[j] - rng.integers(0, per), lo, hi))
+                c0 = int(np.clip(cc[j] - rng.integers(0, per), lo, hi))
+        if r0 is None or c0 is None:
+            r0, c0 = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        win = padded_cells[i, :, r0 - lo : r0 - lo + per, c0 - lo : c0 - lo + per]
+        cover[k] = win.sum(axis=(1, 2))
+        area[k] = cells[i].reshape(cells.shape[1], -1).sum(-1)
+        y0, x0 = r0 * CELL, c0 * CELL
+        ys, xs = slice(max(y0, 0), min(y0 + patch_size, size)), slice(max(x0, 0), min(x0 + patch_size, size))
+        out[k, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0] = images[i, ys, xs]
+    t, w = coverage_targets(cover, area, patch_size)
+    return out, t, w
 
 
 def to_patches(images, patch_size: int):
@@ -110,19 +170,21 @@ def shift_batch(images, shifts: np.ndarray, patch_size: int):
     return out
 
 
-def image_logits(model, images_u8: np.ndarray, patch_size: int, batch: int = 16) -> np.ndarray:
-    """Unshifted image logits ``(N, C)`` (mean of patch logits) of ``(N, H, W) uint8`` images."""
+def image_logits(model, images_u8: np.ndarray, patch_size: int, batch: int = 16, with_max: bool = False):
+    """Unshifted image logits ``(N, C)`` (mean of patch logits) of ``(N, H, W) uint8`` images;
+    with ``with_max`` also the largest patch logit ``(N, C)`` (a training diagnostic only)."""
     import torch
 
     model.eval()
-    outs = []
+    means, maxes = [], []
     with torch.no_grad():
         for i in range(0, len(images_u8), batch):
             x = torch.from_numpy(images_u8[i : i + batch]).float().div_(255.0).unsqueeze(1)
-            logits = model(to_patches(x, patch_size))
-            outs.append(logits.reshape(x.shape[0], -1, logits.shape[-1]).mean(1).numpy())
+            logits = model(to_patches(x, patch_size)).reshape(x.shape[0], -1, model.num_classes)
+            means.append(logits.mean(1).numpy())
+            maxes.append(logits.amax(1).numpy())
     model.train()
-    return np.concatenate(outs)
+    return (np.concatenate(means), np.concatenate(maxes)) if with_max else np.concatenate(means)
 
 
 #: The bundled sample: a held-out phantom (1024 px tall, non-square) with one planted finding.
@@ -137,7 +199,9 @@ def write_sample(path: Path, seed: int = SAMPLE_SEED, finding: str = SAMPLE_FIND
     from cxr_edge.atomic import atomic_path
     from cxr_edge.phantoms import PHANTOM_LABELS, render_phantom
 
-    p = render_phantom(seed, size=1024, vary_shape=True, findings={k: int(k == finding) for k in PHANTOM_LABELS})
+    p = render_phantom(
+        seed, size=1024, vary_shape=True, findings={k: int(k == finding) for k in PHANTOM_LABELS}
+    )
     ok, png = cv2.imencode(".png", p.image)
     if not ok:
         raise RuntimeError("PNG encoding failed")
@@ -149,20 +213,46 @@ def write_sample(path: Path, seed: int = SAMPLE_SEED, finding: str = SAMPLE_FIND
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="output folder (checkpoint, log, cache)")
-    ap.add_argument("--write-sample", type=Path, default=None,
-                    help="only render the bundled sample phantom to this PNG and exit")
+    ap.add_argument(
+        "--write-sample",
+        type=Path,
+        default=None,
+        help="only render the bundled sample phantom to this PNG and exit",
+    )
     ap.add_argument("--train", type=int, default=2400, help="training phantoms (seeds 0..N-1)")
     ap.add_argument("--val", type=int, default=400, help="validation phantoms (threshold choice)")
     ap.add_argument("--epochs", type=float, default=6.0)
-    ap.add_argument("--batch", type=int, default=8, help="images per step (x G*G patches)")
+    ap.add_argument(
+        "--batch", type=int, default=2, help="whole images per step (x G*G patches, image + patch loss)"
+    )
+    ap.add_argument(
+        "--patches",
+        type=int,
+        default=128,
+        help="extra single patches per step, half centred on planted findings (patch loss only)",
+    )
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--variant", default="tiny", help="MedicalPatchNet preset (tiny = width 0.25, depth 0.25)")
+    ap.add_argument(
+        "--variant", default="tiny", help="MedicalPatchNet preset (tiny = width 0.25, depth 0.25)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="initialisation / augmentation seed")
-    ap.add_argument("--patch-loss", type=float, default=1.0,
-                    help="weight of the auxiliary per-patch BCE on mask coverage (0: image-level only)")
+    ap.add_argument(
+        "--patch-loss",
+        type=float,
+        default=1.0,
+        help="weight of the auxiliary per-patch BCE on mask coverage (0: image-level only)",
+    )
+    ap.add_argument(
+        "--patch-pos-weight",
+        type=float,
+        default=2.0,
+        help="positive weight of the per-patch BCE (balanced sampling already over-represents findings)",
+    )
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation AUROC prints")
-    ap.add_argument("--export", type=Path, default=None, help="also export the ONNX here (needs cxr_edge.export)")
+    ap.add_argument(
+        "--export", type=Path, default=None, help="also export the ONNX here (needs cxr_edge.export)"
+    )
     args = ap.parse_args(argv)
     if args.write_sample is not None:
         write_sample(args.write_sample)
@@ -187,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
 
     train_seeds = range(args.train)
     val_seeds = range(VAL_SEED_START, VAL_SEED_START + args.val)
-    x_train, y_train, cells_train = render_cache(args.out / "cache_train.npz", train_seeds, size, args.threads)
+    x_train, y_train, cells_train = render_cache(
+        args.out / "cache_train.npz", train_seeds, size, args.threads
+    )
     x_val, y_val, _ = render_cache(args.out / "cache_val.npz", val_seeds, size, args.threads)
     shift_choices = np.arange(-patch // 2, patch // 2, CELL)
     # Cardiomegaly is a global finding (how much of the image is heart): image-level loss only.
@@ -195,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     t_rendered = time.time()
 
     model = MedicalPatchNet(meta.variant, meta.num_classes)
+    # A tiny model on a few thousand images underfits: no dropout / stochastic depth (both are
+    # identity in eval mode, so the exported graph is unchanged).
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) or type(module).__name__ == "StochasticDepth":
+            module.p = 0.0
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps_per_epoch = len(x_train) // args.batch
@@ -215,13 +312,27 @@ def main(argv: list[str] | None = None) -> int:
         shifts = rng.choice(shift_choices, size=(len(idx), 2))
         x = shift_batch(x, shifts, patch)
         y = torch.from_numpy(y_train[idx])
-        patch_logits = model(to_patches(x, patch))
-        logits = patch_logits.reshape(len(idx), -1, meta.num_classes).mean(1)
+        grid = to_patches(x, patch)
+        n_grid = grid.shape[0]
+        pt, pw = patch_targets(cells_train[idx], shifts, patch)
+        if args.patches > 0:
+            extra, et, ew = sample_patches(x_train, cells_train, y_train, args.patches, patch, rng)
+            extra_t = torch.from_numpy(extra).float().div_(255.0).unsqueeze(1)
+            grid = torch.cat([grid, extra_t])
+            pt, pw = np.concatenate([pt, et]), np.concatenate([pw, ew])
+        all_logits = model(grid)
+        patch_logits = all_logits
+        logits = all_logits[:n_grid].reshape(len(idx), -1, meta.num_classes).mean(1)
         loss = bce(logits, y)
         if args.patch_loss > 0:
-            pt, pw = (torch.from_numpy(a) for a in patch_targets(cells_train[idx], shifts, patch))
+            pt, pw = torch.from_numpy(pt), torch.from_numpy(pw)
             pw = pw * patch_class_weight
-            per = torch.nn.functional.binary_cross_entropy_with_logits(patch_logits, pt, reduction="none")
+            per = torch.nn.functional.binary_cross_entropy_with_logits(
+                patch_logits,
+                pt,
+                reduction="none",
+                pos_weight=torch.full((meta.num_classes,), args.patch_pos_weight),
+            )
             loss = loss + args.patch_loss * (per * pw).sum() / pw.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,13 +341,24 @@ def main(argv: list[str] | None = None) -> int:
         step += 1
         running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
         if step % args.eval_every == 0 or step == total:
-            val_logits = image_logits(model, x_val, patch)
+            val_logits, val_max = image_logits(model, x_val, patch, with_max=True)
             aucs = [auroc(y_val[:, c], val_logits[:, c]) for c in range(meta.num_classes)]
-            entry = {"step": step, "epoch": step / steps_per_epoch, "loss": running,
-                     "val_auroc": dict(zip(PHANTOM_LABELS, aucs)), "minutes": (time.time() - t_start) / 60}
+            max_aucs = [auroc(y_val[:, c], val_max[:, c]) for c in range(meta.num_classes)]
+            entry = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "loss": running,
+                "val_auroc": dict(zip(PHANTOM_LABELS, aucs)),
+                "val_auroc_max_patch": dict(zip(PHANTOM_LABELS, max_aucs)),
+                "minutes": (time.time() - t_start) / 60,
+            }
             log.append(entry)
-            print(f"step {step}/{total} ep {entry['epoch']:.2f} loss {running:.4f} "
-                  f"val AUROC {' '.join(f'{a:.3f}' for a in aucs)} ({entry['minutes']:.1f} min)", flush=True)
+            print(
+                f"step {step}/{total} ep {entry['epoch']:.2f} loss {running:.4f} "
+                f"val AUROC {' '.join(f'{a:.3f}' for a in aucs)} (max-patch {' '.join(f'{a:.2f}' for a in max_aucs)}) "
+                f"({entry['minutes']:.1f} min)",
+                flush=True,
+            )
 
     val_logits = image_logits(model, x_val, patch)
     val_prob = 1.0 / (1.0 + np.exp(-val_logits.astype(np.float64)))
@@ -253,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             f"prevalence {DEFAULT_PREVALENCE} per finding), thresholds by Youden J on {args.val} validation phantoms "
             f"(seeds {VAL_SEED_START}-{VAL_SEED_START + args.val - 1}); no real patient images. "
             f"tools/train_demo.py, {args.epochs:g} epochs, batch {args.batch}, AdamW lr {args.lr:g}, "
-            f"image-level BCE on the mean patch logit + {args.patch_loss:g} x per-patch BCE on phantom mask coverage "
+            f"image-level BCE on the mean patch logit + {args.patch_loss:g} x per-patch BCE (positive weight "
+            f"{args.patch_pos_weight:g}) on phantom mask coverage "
             f"(all findings but Cardiomegaly)."
         ),
     )
@@ -262,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(ckpt),
         "labels": list(PHANTOM_LABELS),
         "thresholds": dict(zip(PHANTOM_LABELS, thresholds)),
-        "val_auroc": dict(zip(PHANTOM_LABELS, [auroc(y_val[:, c], val_logits[:, c]) for c in range(meta.num_classes)])),
+        "val_auroc": dict(
+            zip(PHANTOM_LABELS, [auroc(y_val[:, c], val_logits[:, c]) for c in range(meta.num_classes)])
+        ),
         "render_seconds": t_rendered - t_start,
         "train_seconds": t_end - t_rendered,
         "wall_seconds": t_end - t_start,

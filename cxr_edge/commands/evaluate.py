@@ -85,8 +85,13 @@ def run_eval(
     console = Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()
     with Progress(
-        TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        TextColumn("{task.description}"), console=console, transient=True,
+        TextColumn("[bold]eval[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task("", total=total)
         results = evaluate_cases(
@@ -109,8 +114,16 @@ def run_eval(
         table.add_column(f"hit {kind}", justify="right")
         table.add_column(f"mIoU {kind}", justify="right")
     for r in scored:
-        row = [r.label, str(r.n), str(r.positives), _fmt(r.auroc), _fmt(r.threshold, 2),
-               _fmt(r.counts.sensitivity), _fmt(r.counts.specificity), _fmt(r.counts.accuracy)]
+        row = [
+            r.label,
+            str(r.n),
+            str(r.positives),
+            _fmt(r.auroc),
+            _fmt(r.threshold, 2),
+            _fmt(r.counts.sensitivity),
+            _fmt(r.counts.specificity),
+            _fmt(r.counts.accuracy),
+        ]
         for kind in kinds:
             t = r.localization[kind]
             row += [f"{_fmt(t.hit_rate)} ({t.hits}/{t.pointed})" if t.pointed else "-", _fmt(t.miou)]
@@ -143,19 +156,39 @@ def register(app: typer.Typer) -> None:
         phantoms: Annotated[
             int | None, typer.Option("--phantoms", help="Evaluate on N chest phantoms (seeds K..K+N-1).")
         ] = None,
-        seed: Annotated[int, typer.Option("--seed", help="First phantom seed (the demo model's held-out seeds start at 1000000).")] = 1_000_000,
+        seed: Annotated[
+            int,
+            typer.Option(
+                "--seed", help="First phantom seed (the demo model's held-out seeds start at 1000000)."
+            ),
+        ] = 1_000_000,
         data: Annotated[
             Path | None,
-            typer.Option("--data", help="Folder with labels.csv (+ masks/ or boxes.csv), or the shared set with MANIFEST.csv."),
+            typer.Option(
+                "--data",
+                help="Folder with labels.csv (+ masks/ or boxes.csv), or the shared set with MANIFEST.csv.",
+            ),
         ] = None,
-        model: Annotated[Path | None, typer.Option("--model", help="ONNX model or TensorRT engine (default: bundled demo).")] = None,
-        steps: Annotated[int, typer.Option("--steps", "-s", help="Shifts per patch side S for the maps.")] = 8,
+        model: Annotated[
+            Path | None,
+            typer.Option("--model", help="ONNX model or TensorRT engine (default: bundled demo)."),
+        ] = None,
+        steps: Annotated[
+            int, typer.Option("--steps", "-s", help="Shifts per patch side S for the maps.")
+        ] = 8,
         map_kind: Annotated[str, typer.Option("--map", help="Maps to score: raw, scaled or both.")] = "both",
-        json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
-        threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for ONNX Runtime.")] = None,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Write the full report as JSON here.")
+        ] = None,
+        threads: Annotated[
+            int | None, typer.Option("--threads", help="CPU threads for ONNX Runtime.")
+        ] = None,
         size: Annotated[int, typer.Option("--size", help="Phantom height in pixels.")] = 512,
         fraction: Annotated[
-            float, typer.Option("--iou-fraction", help="mIoU: map region = pixels >= this fraction of the map maximum.")
+            float,
+            typer.Option(
+                "--iou-fraction", help="mIoU: map region = pixels >= this fraction of the map maximum."
+            ),
         ] = 0.5,
     ) -> None:
         """Per-class AUROC, sensitivity/specificity/accuracy at the model's thresholds, and

@@ -201,7 +201,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
         model: Annotated[
-            Path | None, typer.Option("--model", help="ONNX model (default: the bundled demo model).")
+            Path | None,
+            typer.Option(
+                "--model",
+                help="ONNX model (fp32, fp16 or INT8 Q/DQ) or TensorRT engine .plan (default: the bundled demo model).",
+            ),
         ] = None,
         threads: Annotated[
             int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")
