@@ -289,32 +289,32 @@ def render_phantom(
         region = (blob > 0.35) & lung_mask[side]
         masks["Lung Opacity"] = region
         atten += (
-            rng.uniform(0.30, 0.40) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
+            rng.uniform(0.40, 0.50) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
         )
 
     if labels["Lung Lesion"]:
         rng = finding_rng["Lung Lesion"]
         side = int(rng.choice([-1, 1]))
         nx, ny = random_lung_point(rng, side, 0.22, 0.60)
-        radius = rng.uniform(0.020, 0.038)
+        radius = rng.uniform(0.024, 0.042)
         polar = np.arctan2(Y - ny, X - nx)
         lobulation = 1 + 0.12 * np.sin(3 * polar + rng.uniform(0, 6)) * rng.random()
         dist = np.hypot(X - nx, Y - ny) / lobulation
         disc = _smoothstep(dist - radius, 0.004)
         masks["Lung Lesion"] = disc > 0.5
-        atten += rng.uniform(0.32, 0.42) * disc
+        atten += rng.uniform(0.42, 0.52) * disc
 
     if labels["Pleural Effusion"]:
         rng = finding_rng["Pleural Effusion"]
         side = int(rng.choice([-1, 1]))
         ls = lung_side[side]
-        level = dome_y[side] - rng.uniform(0.06, 0.16)
+        level = dome_y[side] - rng.uniform(0.08, 0.18)
         lateral = np.clip((X - ls["lcx"]) * side / ls["ax"] + 1.0, 0, 2) / 2  # 0 medial .. 1 lateral
         surface = level - rng.uniform(0.03, 0.07) * lateral**2  # meniscus climbs laterally
         fluid = lung_mask[side] & (Y > surface)
         masks["Pleural Effusion"] = fluid
         grade = np.clip((Y - surface) / 0.03, 0, 1)
-        atten += rng.uniform(0.32, 0.40) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
+        atten += rng.uniform(0.42, 0.50) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
 
     if labels["Support Devices"]:
         rng = finding_rng["Support Devices"]

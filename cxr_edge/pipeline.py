@@ -56,6 +56,22 @@ class Accumulator(Protocol):
     def finish(self, labels: tuple[str, ...]) -> SaliencyMaps: ...
 
 
+class DeviceBackend(Protocol):
+    """A GPU backend that can leave logits on the device (``TensorRtBackend``)."""
+
+    def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> Any: ...
+
+    def synchronize(self) -> None: ...
+
+
+class DeviceAccumulator(Protocol):
+    """A GPU accumulator the engine can write into (``GpuPostprocess``)."""
+
+    def logits_address(self, first_shift: int = 0) -> int: ...
+
+    def mark_written(self, first_shift: int, count: int) -> None: ...
+
+
 #: ``factory(steps, image_size, patch_size, num_classes) -> Accumulator``.
 AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
 
@@ -351,6 +367,9 @@ class CxrEdge:
         timings["preprocess"] = (clock() - t0) * 1e3
 
         acc = self._accumulator(steps, md.image_size, md.patch_size, md.num_classes)
+        # GPU backend + GPU postprocess: the engine writes logits straight into the
+        # postprocess's buffer, so patch logits never travel through the host.
+        on_device = hasattr(self.backend, "run_device") and hasattr(acc, "mark_written")
         tile_s = backend_s = post_s = 0.0
         batches: Iterator[Any] = iter_patch_batches(pre.image, steps, md.patch_size, self.max_patches)
         while True:
@@ -363,13 +382,25 @@ class CxrEdge:
             # logits may live in buffers the next run overwrites.
             with self._backend_lock or contextlib.nullcontext():
                 t0 = clock()
-                logits = self.backend.run(batch.patches)
-                t1 = clock()
-                acc.add(batch.pairs, logits)
+                if on_device:
+                    device_acc: DeviceAccumulator = acc  # type: ignore[assignment]
+                    device_backend: DeviceBackend = self.backend  # type: ignore[assignment]
+                    device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
+                    t1 = clock()
+                    device_acc.mark_written(batch.first_shift, len(batch.pairs))
+                else:
+                    logits = self.backend.run(batch.patches)
+                    t1 = clock()
+                    acc.add(batch.pairs, logits)
                 t2 = clock()
             backend_s += t1 - t0
             post_s += t2 - t1
         t0 = clock()
+        if on_device:  # the postprocess runs on its own stream: let the engine finish first
+            with self._backend_lock or contextlib.nullcontext():
+                self.backend.synchronize()  # type: ignore[attr-defined]
+            backend_s += clock() - t0
+            t0 = clock()
         maps = acc.finish(md.labels)
         post_s += clock() - t0
         timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)

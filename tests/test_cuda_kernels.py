@@ -319,6 +319,39 @@ def test_gpu_postprocess_accumulator_matches_numpy(gpu: Gpu, logits_dtype) -> No
     np.testing.assert_array_equal(images[1], overlay(gray, got.scaled[0], box, 0.5))
 
 
+def test_engine_written_logits_need_no_host_copy(gpu: Gpu) -> None:
+    """The device path the pipeline takes with TensorRT: an "engine" (here a device-to-device
+    copy on its own stream) writes each chunk at ``logits_address(first_shift)``, the chunk is
+    declared with ``mark_written``, and the maps equal the numpy oracle's."""
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+    from cxr_edge.gpu import DeviceBuffer, Stream, copy_device
+
+    steps, classes = 4, 14
+    logits = random_logits(steps, classes, np.float32, seed=8).astype(np.float32)
+    labels = tuple(f"c{c}" for c in range(classes))
+    want_acc = SaliencyAccumulator(steps, N, P, classes)
+    want_acc.add(shift_pairs(steps, P), logits)
+    want = want_acc.finish(labels)
+    engine_stream = Stream(None)
+    staged = DeviceBuffer(logits.nbytes)
+    staged.upload(logits, engine_stream)
+    row_bytes = classes * 4
+    with GpuPostprocess(steps, N, P, classes, library=str(gpu.kernels.path)) as post:
+        for first, count in ((0, 5), (5, 7), (12, 4)):
+            src = staged.ptr + first * G * G * row_bytes
+            copy_device(src, post.logits_address(first), count * G * G * row_bytes, engine_stream)
+            post.mark_written(first, count)
+        with pytest.raises(CxrEdgeError, match="outside"):
+            post.mark_written(15, 2)
+        engine_stream.synchronize()
+        got = post.finish(labels)
+    staged.free()
+    engine_stream.close()
+    np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
+    assert np.abs(got.raw - want.raw).max() <= 1e-5
+    assert np.abs(got.scaled - want.scaled).max() <= 1e-5
+
+
 def test_offsets_used_by_the_library_are_the_oracles(gpu: Gpu) -> None:
     for steps in (1, 2, 4, 8, 16, 32, 64):
         np.testing.assert_array_equal(gpu.kernels.shift_offsets(steps, P), shift_offsets(steps, P))

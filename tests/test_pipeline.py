@@ -213,6 +213,58 @@ def test_custom_accumulator_is_used() -> None:
     assert made == [(2, IMAGE_SIZE, PATCH, len(LABELS))]
 
 
+def test_device_path_keeps_logits_off_the_host() -> None:
+    """GPU backend + GPU accumulator: the engine writes logits at the accumulator's address and
+    ``run`` / ``add`` are never called. Simulated device memory: a dict of address -> rows."""
+    from cxr_edge.postprocess import SaliencyAccumulator
+
+    device: dict[int, np.ndarray] = {}
+    per_shift = (IMAGE_SIZE // PATCH) ** 2
+    events: list[str] = []
+
+    class DeviceLinearBackend(LinearBackend):
+        def run(self, patches: np.ndarray) -> np.ndarray:
+            raise AssertionError("host path used")
+
+        def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> None:
+            assert out_ptr is not None
+            device[out_ptr] = self.logits64(patches).astype(np.float32)
+            events.append("engine")
+
+        def synchronize(self) -> None:
+            events.append("sync")
+
+    class DeviceAccumulator(SaliencyAccumulator):
+        def logits_address(self, first_shift: int = 0) -> int:
+            return 0x1000 + first_shift
+
+        def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
+            raise AssertionError("host upload used")
+
+        def mark_written(self, first_shift: int, count: int) -> None:
+            rows = device.pop(self.logits_address(first_shift))
+            assert rows.shape[0] == count * per_shift
+            pairs = self.pairs[first_shift : first_shift + count]
+            SaliencyAccumulator.add(self, pairs, rows)
+
+        def finish(self, labels: tuple[str, ...]):  # type: ignore[no-untyped-def]
+            events.append("postprocess")
+            return SaliencyAccumulator.finish(self, labels)
+
+    def factory(steps: int, image_size: int, patch_size: int, num_classes: int) -> DeviceAccumulator:
+        acc = DeviceAccumulator(steps, image_size, patch_size, num_classes)
+        from cxr_edge.tile import shift_pairs
+
+        acc.pairs = shift_pairs(steps, patch_size)  # type: ignore[attr-defined]
+        return acc
+
+    backend = DeviceLinearBackend()
+    gray = xray_like(140, 150, seed=4)
+    pred = CxrEdge(backend, accumulator=factory, max_patches=3 * per_shift).predict(gray, steps=4)
+    assert_matches_reference(pred, reference_saliency(torch_preprocess(gray), backend.logits64, 4, PATCH))
+    assert events.count("engine") == 6 and events[-2:] == ["sync", "postprocess"] and not device
+
+
 @pytest.mark.parametrize("bad", [0, 3, 128, -2, 2.0, True])
 def test_bad_steps_are_refused(bad: object) -> None:
     with pytest.raises(CxrEdgeError, match="power of two"):

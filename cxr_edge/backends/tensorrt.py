@@ -161,6 +161,11 @@ class TensorRtBackend:
                 self._enqueue(patches[chunk.start : chunk.stop], chunk.run_rows, target)
         return DeviceLogits(out_ptr, total, self.metadata.num_classes, self.stream.handle)
 
+    def synchronize(self) -> None:
+        """Wait for everything enqueued on the backend's stream (e.g. before another stream reads
+        logits left on the device by ``run_device``)."""
+        self.stream.synchronize()
+
     def close(self) -> None:
         """Free device buffers and an owned stream (idempotent)."""
         self.stream.synchronize()

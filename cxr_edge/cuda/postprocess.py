@@ -162,6 +162,15 @@ class GpuPostprocess:
         self.stream.synchronize()
         self._seen[ks] = True
 
+    def mark_written(self, first_shift: int, count: int) -> None:
+        """Declare that the engine wrote shifts ``first_shift .. first_shift + count - 1`` at
+        ``logits_address(first_shift)`` itself (device path: no host copy)."""
+        if count < 1 or not 0 <= first_shift <= self.shifts - count:
+            raise CxrEdgeError(
+                None, f"shifts {first_shift}..{first_shift + count - 1} are outside 0..{self.shifts - 1}"
+            )
+        self._seen[first_shift : first_shift + count] = True
+
     def mark_all_written(self) -> None:
         """Declare that the engine wrote all S*S shifts at ``logits_address()`` itself."""
         self._seen[:] = True
