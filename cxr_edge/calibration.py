@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.atomic import write_text_atomic
+from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
@@ -148,7 +149,7 @@ def load_calibration_set(
     images, chunks = [], []
     for path in files:
         xray = load_xray(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         prepared = preprocess(xray.pixels, metadata.image_size, path=str(path))
         chunks.append(sample_patches(prepared.image, metadata.patch_size, sampling, rng))
         images.append(CalibrationImage(str(path), digest, xray.source, tuple(xray.pixels.shape)))  # type: ignore[arg-type]

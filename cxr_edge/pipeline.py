@@ -17,7 +17,6 @@ concurrent calls are always safe.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cxr_edge.backends.base import PatchBackend
+from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
@@ -193,14 +193,6 @@ class Prediction:
         return build_report(self, map=map)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _as_gray(image: np.ndarray) -> np.ndarray:
     """(h, w) uint8 from a uint8 array or a float array in [0, 1] (rounded to 8 bits like
     the reference's "L" image)."""
@@ -326,7 +318,7 @@ class CxrEdge:
                 "intended_use": md.intended_use,
             }
             if self.model_path is not None and self.model_path.is_file():
-                info["sha256"] = _file_sha256(self.model_path)
+                info["sha256"] = sha256_file(self.model_path)
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
 

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from cxr_edge.digest import sha256_file
 from cxr_edge.engine.manifest import (
     EngineManifest,
     manifest_path,
     read_manifest,
-    sha256_file,
     verify_manifest,
     verify_onnx_source,
     write_manifest,

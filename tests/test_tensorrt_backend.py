@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import cxr_edge.backends.tensorrt as trt_backend
-from cxr_edge.engine.manifest import EngineManifest, sha256_file, write_manifest
+from cxr_edge.digest import sha256_file
+from cxr_edge.engine.manifest import EngineManifest, write_manifest
 from cxr_edge.engine.profile import BatchProfile
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.gpu import GpuInfo, stream_handle
@@ -52,7 +53,9 @@ def _repair_stub(text: str) -> str:
 def test_gpu_modules_typecheck_against_tensorrt_stubs(tmp_path: Path) -> None:
     spec = importlib.util.find_spec("tensorrt_stubs")
     if os.environ.get("CI"):  # CI installs both: a skip there would hide a type regression
-        assert spec is not None and importlib.util.find_spec("mypy") is not None, "CI needs mypy + tensorrt-stubs"
+        assert spec is not None and importlib.util.find_spec("mypy") is not None, (
+            "CI needs mypy + tensorrt-stubs"
+        )
     pytest.importorskip("mypy")
     if spec is None or spec.origin is None:
         pytest.skip("tensorrt-stubs is not installed")

@@ -176,9 +176,10 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path |
     """(onnx path, torch checkpoint path or None, description)."""
     if args.model is not None:
         return args.model, args.weights, f"{args.model.name} (given)"
+    from cxr_edge.digest import sha256_file
     from cxr_edge.export import export_onnx
     from cxr_edge.metadata import ModelMetadata
-    from cxr_edge.model.checkpoint import file_sha256, read_checkpoint, save_checkpoint
+    from cxr_edge.model.checkpoint import read_checkpoint, save_checkpoint
 
     if args.weights is not None:
         ckpt = read_checkpoint(args.weights)
@@ -202,7 +203,7 @@ def prepare_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path |
         model = MedicalPatchNet(variant_named(args.variant), num_classes=14)
         calibrate_batchnorm(model, image_like_patches(64, seed=args.seed), head_std=2.0)
         save_checkpoint(model, weights)
-        export_onnx(model, onnx_path, ModelMetadata(checkpoint_sha256=file_sha256(weights)), parity=False)
+        export_onnx(model, onnx_path, ModelMetadata(checkpoint_sha256=sha256_file(weights)), parity=False)
     return onnx_path, weights, f"random {args.variant} (BN-calibrated, seed {args.seed})"
 
 

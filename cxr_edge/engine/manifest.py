@@ -7,28 +7,19 @@ is refused with a one-line error that says how to rebuild it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cxr_edge.atomic import write_text_atomic
+from cxr_edge.digest import sha256_file
 from cxr_edge.engine.profile import BatchProfile
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_path(plan: str | Path) -> Path:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from cxr_edge import __version__
 from cxr_edge.atomic import write_bytes_atomic
-from cxr_edge.engine.manifest import PRECISIONS, EngineManifest, sha256_file, write_manifest
+from cxr_edge.digest import sha256_file
+from cxr_edge.engine.manifest import PRECISIONS, EngineManifest, write_manifest
 from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES, BatchProfile, size_profile
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata

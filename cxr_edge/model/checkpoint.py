@@ -13,7 +13,6 @@ Every problem is one ``CxrEdgeError(path, problem)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import warnings
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_edge.atomic import atomic_path
+from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import CHEXPERT_LABELS, ModelMetadata, ModelVariant
 
@@ -45,15 +45,6 @@ class Checkpoint:
     @property
     def variant(self) -> ModelVariant:
         return self.metadata.variant
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torch_load(path: Path) -> Any:
@@ -152,7 +143,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CxrEdgeError(path, "no such checkpoint file")
-    sha256 = file_sha256(path)
+    sha256 = sha256_file(path)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         version = obj.get("format_version")

@@ -19,7 +19,7 @@ from cxr_edge.calibration import (
     load_calibration_set,
     write_calibration_manifest,
 )
-from cxr_edge.engine.manifest import sha256_file
+from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata, write_onnx_metadata
 from cxr_edge.quantize.gate import GateReport, phantom_gate_images, real_gate_images, run_gate
@@ -70,14 +70,12 @@ def cache_path(calib: CalibrationSet, onnx: Path, options: Int8Options, director
 
 
 def _gate_images(settings: GateSettings, metadata: ModelMetadata, exclude_sha: set[str]) -> list:  # type: ignore[type-arg]
-    import hashlib
-
     real: list[Path] = []
     if settings.holdout is not None:
         for path in list_calibration_files(settings.holdout):
             if len(real) >= settings.max_real:
                 break
-            if hashlib.sha256(path.read_bytes()).hexdigest() not in exclude_sha:
+            if sha256_file(path) not in exclude_sha:
                 real.append(path)
     images = real_gate_images(real, metadata.image_size)
     if settings.phantoms:
