@@ -223,7 +223,7 @@ def render_phantom(
     heart_edge = np.hypot((X - hcx) / hax, (Y - hcy) / hay) - 1.0
     heart = _smoothstep(heart_edge * min(hax, hay), 0.01) * (Y < max(dome_y.values()) + 0.02)
     heart = np.maximum(heart, 0)
-    atten += 0.26 * heart * np.maximum(lungs, 0.35)
+    atten += 0.36 * heart * np.maximum(lungs, 0.35)
     if labels["Cardiomegaly"]:
         masks["Cardiomegaly"] = heart > 0.5
 
@@ -289,7 +289,7 @@ def render_phantom(
         region = (blob > 0.35) & lung_mask[side]
         masks["Lung Opacity"] = region
         atten += (
-            rng.uniform(0.40, 0.50) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
+            rng.uniform(0.55, 0.65) * np.clip(blob, 0, 1) * lung_side[side]["soft"] * (region | (blob > 0.2))
         )
 
     if labels["Lung Lesion"]:
@@ -302,7 +302,7 @@ def render_phantom(
         dist = np.hypot(X - nx, Y - ny) / lobulation
         disc = _smoothstep(dist - radius, 0.004)
         masks["Lung Lesion"] = disc > 0.5
-        atten += rng.uniform(0.42, 0.52) * disc
+        atten += rng.uniform(0.62, 0.75) * disc
 
     if labels["Pleural Effusion"]:
         rng = finding_rng["Pleural Effusion"]
@@ -314,7 +314,7 @@ def render_phantom(
         fluid = lung_mask[side] & (Y > surface)
         masks["Pleural Effusion"] = fluid
         grade = np.clip((Y - surface) / 0.03, 0, 1)
-        atten += rng.uniform(0.42, 0.50) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
+        atten += rng.uniform(0.55, 0.65) * _blur(fluid.astype(np.float32), 0.003 * cv.s) * (0.6 + 0.4 * grade)
 
     if labels["Support Devices"]:
         rng = finding_rng["Support Devices"]
