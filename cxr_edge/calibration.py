@@ -76,8 +76,8 @@ class SamplingSettings:
     """
 
     steps: int = 8
-    shifts_per_image: int = 4
-    patches_per_image: int = 96
+    shifts_per_image: int = 8
+    patches_per_image: int = 384
     seed: int = 0
 
 

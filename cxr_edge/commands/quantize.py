@@ -10,7 +10,11 @@ from typing import Annotated
 
 import typer
 
+from cxr_edge.calibration import SamplingSettings
 from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
+from cxr_edge.quantize import GateSettings
+
+_GATE, _SAMPLING = GateSettings(), SamplingSettings()  # the defaults live with the settings
 
 
 def parse_keep_float(text: str) -> tuple[str, ...]:
@@ -39,11 +43,21 @@ def quantize_command(
     holdout: Annotated[
         Path | None, typer.Option(help="Held-out real X-rays for the gate (folder or list file).")
     ] = None,
-    gate_real: Annotated[int, typer.Option(min=0, help="Most held-out real images in the gate.")] = 6,
-    gate_phantoms: Annotated[int, typer.Option(min=0, help="Labelled phantoms for the AUROC check.")] = 64,
-    gate_phantom_maps: Annotated[int, typer.Option(min=0, help="Phantoms also compared on S=4 maps.")] = 4,
-    patches_per_image: Annotated[int, typer.Option(min=1, help="Calibration patches per image.")] = 96,
-    shifts_per_image: Annotated[int, typer.Option(min=1, help="Shifted copies sampled per image.")] = 4,
+    gate_real: Annotated[
+        int, typer.Option(min=0, help="Most held-out real images in the gate.")
+    ] = _GATE.max_real,
+    gate_phantoms: Annotated[
+        int, typer.Option(min=0, help="Labelled phantoms for the AUROC check.")
+    ] = _GATE.phantoms,
+    gate_phantom_maps: Annotated[
+        int, typer.Option(min=0, help="Phantoms also compared on S=4 maps.")
+    ] = _GATE.phantom_maps,
+    patches_per_image: Annotated[
+        int, typer.Option(min=1, help="Calibration patches per image.")
+    ] = _SAMPLING.patches_per_image,
+    shifts_per_image: Annotated[
+        int, typer.Option(min=1, help="Shifted copies sampled per image.")
+    ] = _SAMPLING.shifts_per_image,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
     calibration_dir: Annotated[
         Path, typer.Option(help="Where the calibration manifest and range cache go.")
@@ -53,8 +67,7 @@ def quantize_command(
     import contextlib
     import io
 
-    from cxr_edge.calibration import SamplingSettings
-    from cxr_edge.quantize import GateFailed, GateSettings, make_precision_onnx
+    from cxr_edge.quantize import GateFailed, make_precision_onnx
     from cxr_edge.quantize.int8 import Int8Options
 
     def show(report: object) -> None:

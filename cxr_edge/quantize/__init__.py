@@ -48,7 +48,7 @@ class GateSettings:
 
     holdout: Path | None = None
     max_real: int = 6
-    phantoms: int = 64
+    phantoms: int = 200
     phantom_maps: int = 4
     threads: int | None = None
     speed_repeats: int = 5
@@ -122,6 +122,11 @@ def make_precision_onnx(
             int8 = int8 or Int8Options()
             calibration = load_calibration_set(calib, metadata, sampling)
             cache = cache_path(calibration, onnx_in, int8, calibration_dir)
+            # Every cache made from this very set (same digest) stays listed, whatever the model.
+            calibration.caches.extend(
+                p.name
+                for p in calibration_dir.glob(f"{calibration.name}-{calibration.digest[:8]}-*.ranges.json")
+            )
             calibration.caches.append(cache.name)
             calibration_dir.mkdir(parents=True, exist_ok=True)
             kept = quantize_int8(onnx_in, tmp, calibration, int8, cache=cache)

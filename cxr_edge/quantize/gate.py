@@ -223,4 +223,5 @@ def run_gate(
         report.seconds_fp32, report.seconds_candidate = _median_seconds(
             [reference, candidate], batch, speed_repeats
         )
+        report.speed_patches = len(batch)
     return report
