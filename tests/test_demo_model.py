@@ -57,4 +57,4 @@ def test_sample_is_the_documented_phantom_and_its_finding_is_found(sample_predic
     peak = sample_prediction.to_report()["evidence"]
     peak = next(e["peak"] for e in peak if e["label"] == finding)
     near = cv2.dilate(phantom.masks[finding].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    assert near[int(round(peak["y"])), int(round(peak["x"]))]
+    assert near[round(peak["y"]), round(peak["x"])]
