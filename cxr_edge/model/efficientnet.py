@@ -118,7 +118,21 @@ class StochasticDepth(nn.Module):
         return x * keep.bernoulli_(survival).div_(survival)
 
 
-class MBConv(nn.Module):
+class _ResidualBlock(nn.Module):
+    """``block(x)``, plus ``x`` through stochastic depth when shapes allow (both block kinds)."""
+
+    block: nn.Sequential
+    stochastic_depth: StochasticDepth
+    use_res_connect: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.block(x)
+        if self.use_res_connect:
+            out = self.stochastic_depth(out) + x
+        return out
+
+
+class MBConv(_ResidualBlock):
     """Inverted residual block: 1x1 expand, depthwise kxk, squeeze-excitation, 1x1 project."""
 
     def __init__(
@@ -136,14 +150,8 @@ class MBConv(nn.Module):
         self.block = nn.Sequential(*layers)
         self.stochastic_depth = StochasticDepth(sd_prob)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.block(x)
-        if self.use_res_connect:
-            out = self.stochastic_depth(out) + x
-        return out
 
-
-class FusedMBConv(nn.Module):
+class FusedMBConv(_ResidualBlock):
     """Fused inverted residual block: kxk expand conv (or a single kxk conv), 1x1 project."""
 
     def __init__(
@@ -162,12 +170,6 @@ class FusedMBConv(nn.Module):
             layers = [ConvNormAct(cin, cout, kernel, stride)]
         self.block = nn.Sequential(*layers)
         self.stochastic_depth = StochasticDepth(sd_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.block(x)
-        if self.use_res_connect:
-            out = self.stochastic_depth(out) + x
-        return out
 
 
 class EfficientNetV2(nn.Module):
