@@ -320,17 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         shifts = rng.choice(shift_choices, size=(len(idx), 2))
         x = shift_batch(x, shifts, patch)
         y = torch.from_numpy(y_train[idx])
-        grid = to_patches(x, patch)
-        n_grid = grid.shape[0]
+        patches = to_patches(x, patch)
+        n_grid = patches.shape[0]
         pt, pw = patch_targets(cells_train[idx], shifts, patch)
         if args.patches > 0:
             extra, et, ew = sample_patches(x_train, cells_train, y_train, args.patches, patch, rng)
-            extra_t = torch.from_numpy(extra).float().div_(255.0).unsqueeze(1)
-            grid = torch.cat([grid, extra_t])
+            patches = torch.cat([patches, torch.from_numpy(extra).float().div_(255.0).unsqueeze(1)])
             pt, pw = np.concatenate([pt, et]), np.concatenate([pw, ew])
-        all_logits = model(grid)
-        patch_logits = all_logits
-        logits = all_logits[:n_grid].reshape(len(idx), -1, meta.num_classes).mean(1)
+        patch_logits = model(patches)
+        logits = patch_logits[:n_grid].reshape(len(idx), -1, meta.num_classes).mean(1)
         loss = args.image_loss * bce(logits, y)
         if args.patch_loss > 0:
             pt = torch.from_numpy(np.where(pt > 0.5, 1.0, args.background_target).astype(np.float32))
