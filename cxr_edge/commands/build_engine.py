@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
+from cxr_edge.commands.common import one_line_errors
 from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES
 
 
@@ -38,8 +38,6 @@ def build_engine_command(
     device: Annotated[int, typer.Option(min=0, help="CUDA device index.")] = 0,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.3 ... 11.x) with one optimization profile over N."""
-    import contextlib
-    import io
 
     from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine, import_tensorrt
     from cxr_edge.metadata import ModelMetadata
@@ -49,25 +47,19 @@ def build_engine_command(
         plan = out or default_plan_path(onnx, precision, dla_core)
         source = onnx
         if precision in ("fp16", "int8") and ModelMetadata.from_onnx(onnx).precision == "fp32":
-            from cxr_edge.quantize import GateFailed, GateSettings, make_precision_onnx
+            from cxr_edge.commands.quantize import gated_precision_onnx
+            from cxr_edge.quantize import GateSettings
             from cxr_edge.quantize.int8 import Int8Options
 
             source = plan.with_suffix(f".{precision}.onnx")
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    result = make_precision_onnx(
-                        onnx,
-                        source,
-                        precision,
-                        calib=calib,
-                        int8=Int8Options(target="tensorrt"),
-                        gate=GateSettings(holdout=holdout),
-                    )
-            except GateFailed as exc:
-                typer.echo("\n".join(exc.report.lines()))
-                print_error(str(exc))
-                raise typer.Exit(EXIT_GATE_FAILED) from None
-            typer.echo("\n".join(result.report.lines()))
+            gated_precision_onnx(
+                onnx,
+                source,
+                precision,
+                calib=calib,
+                int8=Int8Options(target="tensorrt"),
+                gate=GateSettings(holdout=holdout),
+            )
         manifest = build_engine(
             BuildOptions(
                 onnx=source,

@@ -6,7 +6,7 @@ The gate is printed every time; exit 3 and no output file when it fails, 2 on ba
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,26 @@ def parse_keep_float(text: str) -> tuple[str, ...]:
     """``"stem,se,head"`` -> groups; ``"none"`` -> ()."""
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     return () if parts in ((), ("none",)) else parts
+
+
+def gated_precision_onnx(onnx: Path, out: Path, precision: str, **options: Any) -> Any:
+    """``make_precision_onnx`` for a command: prints the gate report either way; on a failed
+    gate prints the error and exits with EXIT_GATE_FAILED (nothing written). Returns the result."""
+    import contextlib
+    import io
+
+    from cxr_edge.quantize import GateFailed, make_precision_onnx
+
+    try:
+        # ONNX Runtime's calibrator prints progress on stdout; the gate is our stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = make_precision_onnx(onnx, out, precision, **options)
+    except GateFailed as exc:
+        typer.echo("\n".join(exc.report.lines()))
+        print_error(str(exc))
+        raise typer.Exit(EXIT_GATE_FAILED) from None
+    typer.echo("\n".join(result.report.lines()))
+    return result
 
 
 def quantize_command(
@@ -64,14 +84,7 @@ def quantize_command(
     ] = Path("calibration"),
 ) -> None:
     """Make a precision-specific ONNX and print the accuracy gate against float32."""
-    import contextlib
-    import io
-
-    from cxr_edge.quantize import GateFailed, make_precision_onnx
     from cxr_edge.quantize.int8 import Int8Options
-
-    def show(report: object) -> None:
-        typer.echo("\n".join(report.lines()))  # type: ignore[attr-defined]
 
     with one_line_errors():
         options = Int8Options(
@@ -85,24 +98,16 @@ def quantize_command(
             threads=threads,
         )
         sampling = SamplingSettings(shifts_per_image=shifts_per_image, patches_per_image=patches_per_image)
-        try:
-            # ONNX Runtime's calibrator prints progress on stdout; the gate is our stdout.
-            with contextlib.redirect_stdout(io.StringIO()):
-                result = make_precision_onnx(
-                    onnx,
-                    out,
-                    precision,
-                    calib=calib,
-                    int8=options,
-                    sampling=sampling,
-                    gate=gate,
-                    calibration_dir=calibration_dir,
-                )
-        except GateFailed as exc:
-            show(exc.report)
-            print_error(str(exc))
-            raise typer.Exit(EXIT_GATE_FAILED) from None
-        show(result.report)
+        result = gated_precision_onnx(
+            onnx,
+            out,
+            precision,
+            calib=calib,
+            int8=options,
+            sampling=sampling,
+            gate=gate,
+            calibration_dir=calibration_dir,
+        )
         if result.kept_float:
             counts = ", ".join(f"{g} {len(n)} nodes" for g, n in result.kept_float.items())
             typer.echo(f"kept in float32: {counts}")

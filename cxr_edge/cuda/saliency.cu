@@ -244,6 +244,19 @@ __global__ void shift_logits_kernel(const In* __restrict__ logits, int classes, 
     }
 }
 
+// Inclusive prefix sums of two values across one full warp (all 32 lanes must call it).
+__device__ __forceinline__ void warp_inclusive_scan2(float& a, float& b, int lane) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        const float va = __shfl_up_sync(0xffffffffu, a, d);
+        const float vb = __shfl_up_sync(0xffffffffu, b, d);
+        if (lane >= d) {
+            a += va;
+            b += vb;
+        }
+    }
+}
+
 // In-place inclusive prefix sums of a[0..n) and b[0..n) by the whole block (blockDim.x a
 // multiple of 32, at most 1024; b may be NULL): a serial scan of each thread's contiguous chunk,
 // then a scan of the chunk totals with warp shuffles. warp_totals: 64 floats of shared memory.
@@ -262,15 +275,7 @@ __device__ void block_inclusive_scan(float* a, float* b, int n, float* warp_tota
         }
     }
     float inc_a = total_a, inc_b = total_b;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const float va = __shfl_up_sync(0xffffffffu, inc_a, d);
-        const float vb = __shfl_up_sync(0xffffffffu, inc_b, d);
-        if (lane >= d) {
-            inc_a += va;
-            inc_b += vb;
-        }
-    }
+    warp_inclusive_scan2(inc_a, inc_b, lane);
     if (lane == 31) {
         warp_totals[warp] = inc_a;
         warp_totals[32 + warp] = inc_b;
@@ -279,15 +284,7 @@ __device__ void block_inclusive_scan(float* a, float* b, int n, float* warp_tota
     if (warp == 0) {
         float wa = lane < warps ? warp_totals[lane] : 0.f;
         float wb = lane < warps ? warp_totals[32 + lane] : 0.f;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const float va = __shfl_up_sync(0xffffffffu, wa, d);
-            const float vb = __shfl_up_sync(0xffffffffu, wb, d);
-            if (lane >= d) {
-                wa += va;
-                wb += vb;
-            }
-        }
+        warp_inclusive_scan2(wa, wb, lane);
         if (lane < warps) {
             warp_totals[lane] = wa;
             warp_totals[32 + lane] = wb;

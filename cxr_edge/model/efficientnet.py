@@ -121,9 +121,11 @@ class StochasticDepth(nn.Module):
 class _ResidualBlock(nn.Module):
     """``block(x)``, plus ``x`` through stochastic depth when shapes allow (both block kinds)."""
 
-    block: nn.Sequential
-    stochastic_depth: StochasticDepth
-    use_res_connect: bool
+    def __init__(self, layers: list[nn.Module], residual: bool, sd_prob: float) -> None:
+        super().__init__()
+        self.use_res_connect = residual
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(sd_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.block(x)
@@ -138,8 +140,6 @@ class MBConv(_ResidualBlock):
     def __init__(
         self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float
     ) -> None:
-        super().__init__()
-        self.use_res_connect = stride == 1 and cin == cout
         expanded = make_divisible(cin * expand_ratio)
         layers: list[nn.Module] = []
         if expanded != cin:
@@ -147,8 +147,7 @@ class MBConv(_ResidualBlock):
         layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded))
         layers.append(SqueezeExcitation(expanded, max(1, cin // 4)))
         layers.append(ConvNormAct(expanded, cout, 1, activation=False))
-        self.block = nn.Sequential(*layers)
-        self.stochastic_depth = StochasticDepth(sd_prob)
+        super().__init__(layers, stride == 1 and cin == cout, sd_prob)
 
 
 class FusedMBConv(_ResidualBlock):
@@ -157,8 +156,6 @@ class FusedMBConv(_ResidualBlock):
     def __init__(
         self, cin: int, cout: int, expand_ratio: int, kernel: int, stride: int, sd_prob: float
     ) -> None:
-        super().__init__()
-        self.use_res_connect = stride == 1 and cin == cout
         expanded = make_divisible(cin * expand_ratio)
         layers: list[nn.Module]
         if expanded != cin:
@@ -168,8 +165,7 @@ class FusedMBConv(_ResidualBlock):
             ]
         else:
             layers = [ConvNormAct(cin, cout, kernel, stride)]
-        self.block = nn.Sequential(*layers)
-        self.stochastic_depth = StochasticDepth(sd_prob)
+        super().__init__(layers, stride == 1 and cin == cout, sd_prob)
 
 
 class EfficientNetV2(nn.Module):
