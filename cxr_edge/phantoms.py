@@ -194,10 +194,11 @@ def render_phantom(
         if n > 1:
             big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
             rim = comp == big
-        masks["Pneumothorax"] = rim
         air_rim = _blur(rim.astype(np.float32), 0.002 * cv.s)
         edge = cv2.morphologyEx(collapsed.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
         pleural_line = _blur((edge > 0).astype(np.float32) * lung_mask[side] * (Y < ls["lcy"] + 0.12), 0.7)
+        # the visceral pleural line is drawn by this finding too, so it belongs to its mask
+        masks["Pneumothorax"] = rim | (pleural_line > 0.25)
 
     markings = (0.10 * vessels + 0.025 * texture) * lungs * (1 - air_rim)
     atten = atten - 0.28 * lungs + markings - 0.13 * air_rim + 0.22 * pleural_line
@@ -223,7 +224,12 @@ def render_phantom(
     heart_edge = np.hypot((X - hcx) / hax, (Y - hcy) / hay) - 1.0
     heart = _smoothstep(heart_edge * min(hax, hay), 0.01) * (Y < max(dome_y.values()) + 0.02)
     heart = np.maximum(heart, 0)
-    atten += 0.36 * heart * np.maximum(lungs, 0.35)
+    # X-ray attenuation follows the path length through the heart: an ellipsoid's projected
+    # depth falls off as sqrt(1 - rho^2) from its centre, and its depth grows with its width,
+    # so an enlarged heart is also a denser shadow (normal hearts scale about 1 +- 0.1).
+    rho2 = np.clip((heart_edge + 1.0) ** 2, 0.0, 1.0)
+    depth = (ctr / 0.425) * (0.5 + 0.5 * np.sqrt(1.0 - rho2))
+    atten += 0.36 * depth * heart * np.maximum(lungs, 0.35)
     if labels["Cardiomegaly"]:
         masks["Cardiomegaly"] = heart > 0.5
 

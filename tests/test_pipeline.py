@@ -311,7 +311,13 @@ def test_bench_cpu_smoke(tiny_model: object, tiny_onnx: Path, tmp_path: Path) ->
         "total",
     }
     assert all(v >= 0 for v in row["median_ms"].values()) and 0 < row["peak_rss_mb"] < 4096
-    assert row["eager"]["kind"] == "pytorch-eager" and row["eager"]["median_ms"]["total"] > 0
+    eager = row["eager"]
+    assert eager["kind"] == "pytorch-eager" and set(eager["median_ms"]) == {
+        "total",
+        "one_map",
+        "one_map_no_grad",
+    }
+    assert eager["median_ms"]["total"] > eager["median_ms"]["one_map"] > 0
 
 
 @pytest.mark.parametrize("steps", [1, 4])
