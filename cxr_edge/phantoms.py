@@ -7,9 +7,10 @@ side marker ("L"/"R") or a collimator/border artifact is added, independent of t
 so a model that keys on them is a shortcut learner.
 
 Findings (CheXpert names, each planted independently with probability ``prevalence``):
-Cardiomegaly (cardiothoracic ratio >= 0.56; normal hearts are <= 0.47), Lung Opacity
-(patchy airspace blob), Lung Lesion (round nodule/mass), Pneumothorax (apical-lateral air
-rim without lung markings, visceral pleural line), Pleural Effusion (dependent fluid with
+Cardiomegaly (cardiothoracic ratio >= 0.56, normal hearts <= 0.47; the heart's shadow
+density follows its depth, so an enlarged heart is also denser), Lung Opacity (patchy
+airspace blob), Lung Lesion (round nodule/mass), Pneumothorax (apical-lateral air rim without
+lung markings, and the visceral pleural line), Pleural Effusion (dependent fluid with
 meniscus), Support Devices (pacemaker/port with lead). Each positive label has a mask of
 the pixels it changed; negative labels have an empty mask.
 """

@@ -149,3 +149,17 @@ def test_sampled_training_patches_carry_their_own_targets():
             train_demo.coverage_targets(cover[k : k + 1], np.array([[a]], float), patch) for a in areas
         ]
         assert any(np.array_equal(o[0][0], t[k]) and np.array_equal(o[1][0], w[k]) for o in options)
+
+
+def test_an_enlarged_heart_is_a_denser_shadow():
+    """Attenuation follows the heart's depth, which grows with its width, so cardiomegaly is
+    visible inside a single patch too (brighter heart centre), not only in the heart's extent."""
+    none = {k: 0 for k in PHANTOM_LABELS}
+    for seed in range(4):
+        normal = render_phantom(seed, size=SIZE, findings=none)
+        enlarged = render_phantom(seed, size=SIZE, findings={**none, "Cardiomegaly": 1})
+        heart = enlarged.masks["Cardiomegaly"]
+        rows, cols = np.nonzero(heart)
+        r, c = int(rows.mean()), int(cols.mean())
+        centre = (slice(r - 3, r + 4), slice(c - 3, c + 4))
+        assert enlarged.image[centre].mean() > normal.image[centre].mean() + 5, seed
