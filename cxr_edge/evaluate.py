@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.postprocess import map_peak
 
 # ----------------------------------------------------------------------------------------
 # classification metrics
@@ -125,9 +126,8 @@ def youden_threshold(targets: np.ndarray, probabilities: np.ndarray) -> float:
 
 
 def map_hit(value_map: np.ndarray, truth: np.ndarray) -> bool:
-    """True when the (first) maximum of ``value_map (H, W)`` lies in ``truth (H, W) bool``."""
-    idx = int(np.argmax(value_map))
-    return bool(truth.ravel()[idx])
+    """True when the maximum of ``value_map (H, W)`` (``map_peak``) lies in ``truth (H, W) bool``."""
+    return bool(truth[map_peak(value_map)])
 
 
 def threshold_map(value_map: np.ndarray, fraction: float = 0.5) -> np.ndarray:

@@ -161,3 +161,15 @@ def smooth_maps(
     acc.add(shift_pairs(steps, patch_size), logits)
     maps = acc.finish(tuple(str(i) for i in range(logits.shape[1])))
     return maps.raw, maps.scaled
+
+
+def map_peak(value_map: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the maximum of ``value_map (H, W)``, taken at the centre of its plateau.
+
+    Shift-averaged maps are piecewise constant on blocks of the shift step (8 x 8 pixels at
+    S = 8 in the 512 frame), so the maximum is a block, not a pixel; the raster-first maximum
+    would be that block's top-left corner. Returns the tied pixel nearest the tied pixels' centroid.
+    """
+    ties = np.argwhere(value_map == value_map.max())
+    nearest = ties[int(np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1)))]
+    return int(nearest[0]), int(nearest[1])

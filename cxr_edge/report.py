@@ -59,10 +59,12 @@ def evidence_summary(prediction: Prediction, label: str, map: str = "scaled") ->
     """
     import numpy as np
 
+    from cxr_edge.postprocess import map_peak
+
     m = prediction.value_map(label, map)
     n = m.shape[0]
     band = max(1, round(n * BORDER_FRACTION))
-    row, col = np.unravel_index(int(np.argmax(m)), m.shape)
+    row, col = map_peak(m)
     positive = np.clip(m.astype(np.float64), 0.0, None)
     inner = positive[band : n - band, band : n - band].sum()
     total = positive.sum()

@@ -89,6 +89,27 @@ def test_map_hit_threshold_and_iou():
     assert iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
 
 
+def test_map_peak_is_the_centre_of_a_plateau_not_its_raster_first_corner():
+    """An S = 8 map is constant on 8 x 8 blocks: its peak is the block's centre, so a thin
+    ground-truth region through that centre is hit while one along the corner is not."""
+    from cxr_edge.postprocess import map_peak
+
+    m = np.zeros((32, 32), np.float32)
+    m[8:16, 16:24] = 2.0
+    m[0:8, 0:8] = 1.0
+    assert map_peak(m) in {(11, 19), (11, 20), (12, 19), (12, 20)}
+    line = np.zeros((32, 32), bool)
+    line[12, :] = True  # a 1-pixel line through the block's middle rows
+    line[11, :] = True
+    assert map_hit(m, line)
+    corner = np.zeros((32, 32), bool)
+    corner[8, 16] = True  # what the raster-first maximum would have pointed at
+    assert not map_hit(m, corner)
+    single = np.zeros((5, 5), np.float32)
+    single[3, 1] = 1.0
+    assert map_peak(single) == (3, 1)
+
+
 def test_localization_tally_counts_tp_fp_fn_and_skips_tn():
     truth = np.zeros((4, 4), bool)
     truth[0, 0:2] = True

@@ -356,8 +356,9 @@ def test_evidence_summary_locates_the_peak_in_original_pixels() -> None:
     scaled[0, 0:2, 0:2] = 1.0  # a little evidence in the corner
     ev = evidence_summary(pred, LABELS[0], "scaled")
     assert ev["peak"]["value"] == 5.0
-    assert ev["peak"]["x"] == pytest.approx((100 + 0.5) * 200 / 128 - 0.5, abs=0.05)
-    assert ev["peak"]["y"] == pytest.approx(50 + (70 + 0.5) * 200 / 128 - 0.5, abs=0.05)
+    # the hot spot's centre (71.5, 101.5) lies between pixels: its nearest tied pixel (71, 101)
+    assert ev["peak"]["x"] == pytest.approx((101 + 0.5) * 200 / 128 - 0.5, abs=0.05)
+    assert ev["peak"]["y"] == pytest.approx(50 + (71 + 0.5) * 200 / 128 - 0.5, abs=0.05)
     assert not ev["peak_in_border"]
     assert ev["border_share"] == pytest.approx(4.0 / (16 * 5.0 + 4.0))
     assert ev["border_area_share"] == pytest.approx(1 - (112 / 128) ** 2, abs=1e-4)

@@ -1,6 +1,6 @@
 """Train the bundled demo model: a reduced MedicalPatchNet on synthetic chest phantoms.
 
-    python tools/train_demo.py --out /tmp/demo_train            # 34 min on 2 CPU cores
+    python tools/train_demo.py --out /tmp/demo_train            # 60 min on 2 CPU cores
     cxr-edge export --weights /tmp/demo_train/demo_model.pt --out cxr_edge/assets/demo_model.onnx
 
 Same code path as the full model (``MedicalPatchNet``, width/depth scaled), trained as
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--train", type=int, default=2400, help="training phantoms (seeds 0..N-1)")
     ap.add_argument("--val", type=int, default=400, help="validation phantoms (threshold choice)")
-    ap.add_argument("--epochs", type=float, default=2.5)
+    ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument(
         "--batch", type=int, default=1, help="whole images per step (x G*G patches, image + patch loss)"
     )

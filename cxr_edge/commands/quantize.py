@@ -13,8 +13,9 @@ import typer
 from cxr_edge.calibration import SamplingSettings
 from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
 from cxr_edge.quantize import GateSettings
+from cxr_edge.quantize.int8 import Int8Options
 
-_GATE, _SAMPLING = GateSettings(), SamplingSettings()  # the defaults live with the settings
+_GATE, _SAMPLING, _INT8 = GateSettings(), SamplingSettings(), Int8Options()  # defaults live with the settings
 
 
 def parse_keep_float(text: str) -> tuple[str, ...]:
@@ -52,11 +53,11 @@ def quantize_command(
     ] = None,
     target: Annotated[
         str, typer.Option(help="int8 activations: 'cpu' = uint8 (ONNX Runtime), 'tensorrt' = symmetric int8.")
-    ] = "cpu",
+    ] = _INT8.target,
     method: Annotated[
         str, typer.Option(help="Activation ranges: percentile, entropy or minmax.")
-    ] = "percentile",
-    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
+    ] = _INT8.method,
+    percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = _INT8.percentile,
     keep_float: Annotated[
         str, typer.Option(help="Groups kept in float32: any of stem,se,head, or 'none'.")
     ] = "stem,se,head",
@@ -84,8 +85,6 @@ def quantize_command(
     ] = Path("calibration"),
 ) -> None:
     """Make a precision-specific ONNX and print the accuracy gate against float32."""
-    from cxr_edge.quantize.int8 import Int8Options
-
     with one_line_errors():
         options = Int8Options(
             target=target, method=method, percentile=percentile, keep_float=parse_keep_float(keep_float)

@@ -30,7 +30,7 @@ class Int8Options:
 
     target: str = "cpu"
     method: str = "percentile"
-    percentile: float = 99.999
+    percentile: float = 99.99
     keep_float: tuple[str, ...] = KEEP_FLOAT_GROUPS
     per_channel: bool = True
     reduce_range: bool = False
