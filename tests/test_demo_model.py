@@ -50,7 +50,9 @@ def test_sample_is_the_documented_phantom_and_its_finding_is_found(sample_predic
         vary_shape=True,
         findings={k: int(k == finding) for k in PHANTOM_LABELS},
     )
-    assert np.array_equal(cv2.imread(str(ASSETS_DIR / SAMPLE_IMAGE_NAME), cv2.IMREAD_UNCHANGED), phantom.image)
+    assert np.array_equal(
+        cv2.imread(str(ASSETS_DIR / SAMPLE_IMAGE_NAME), cv2.IMREAD_UNCHANGED), phantom.image
+    )
     assert sample_prediction.finding(finding).positive
     # The scaled map's strongest evidence, in original pixels, lies on the planted finding
     # (its mask grown by one pixel, for the rounding of the peak's position).

@@ -126,7 +126,7 @@ def public_code_map(model: Any, image: Any, steps: int, patch: int, scaled: bool
         padded = F.pad(x, (half, half, half, half))
         return padded[..., half + dr : half + dr + size, half + dc : half + dc + size]
 
-    class ShiftedCopies(Dataset):
+    class ShiftedCopies(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         def __len__(self) -> int:
             return len(pairs)
 
@@ -135,7 +135,8 @@ def public_code_map(model: Any, image: Any, steps: int, patch: int, scaled: bool
 
     def patch_logits(images: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, G*G, C)
         p = images.unfold(2, patch, patch).unfold(3, patch, patch).permute(0, 2, 3, 1, 4, 5)
-        return model(p.reshape(-1, 1, patch, patch)).reshape(len(images), grid * grid, -1)
+        logits: torch.Tensor = model(p.reshape(-1, 1, patch, patch))
+        return logits.reshape(len(images), grid * grid, -1)
 
     features, shifts = [], []
     for batch, batch_shifts in DataLoader(ShiftedCopies(), batch_size=4, shuffle=False):
@@ -205,7 +206,8 @@ def run_worker(args: list[str]) -> dict[str, Any]:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker {' '.join(args)} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 # --- preparation -------------------------------------------------------------------------------
