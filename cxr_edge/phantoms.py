@@ -34,6 +34,8 @@ PHANTOM_LABELS: tuple[str, ...] = tuple(
 )
 
 DEFAULT_PREVALENCE = 0.3
+#: Cardiothoracic ratio ranges of normal and enlarged hearts.
+NORMAL_CTR, ENLARGED_CTR = (0.38, 0.47), (0.56, 0.66)
 
 
 @dataclass(frozen=True)
@@ -215,9 +217,9 @@ def render_phantom(
 
     # --- heart ---------------------------------------------------------------------------
     thoracic_width = 2 * (lung_dx + lung_ax)
-    ctr = rng.uniform(0.38, 0.47)  # drawn always so the anatomy stream does not depend on the label
+    ctr = rng.uniform(*NORMAL_CTR)  # drawn always so the anatomy stream does not depend on the label
     if labels["Cardiomegaly"]:
-        ctr = finding_rng["Cardiomegaly"].uniform(0.56, 0.66)
+        ctr = finding_rng["Cardiomegaly"].uniform(*ENLARGED_CTR)
     heart_w = ctr * thoracic_width
     hcx = cx + 0.2 * heart_w - 0.5 * heart_w + heart_w * 0.55 - 0.02  # bulges to image right
     hcy = min(dome_y[-1], dome_y[+1]) - 0.06
@@ -229,7 +231,7 @@ def render_phantom(
     # depth falls off as sqrt(1 - rho^2) from its centre, and its depth grows with its width,
     # so an enlarged heart is also a denser shadow (normal hearts scale about 1 +- 0.1).
     rho2 = np.clip((heart_edge + 1.0) ** 2, 0.0, 1.0)
-    depth = (ctr / 0.425) * (0.5 + 0.5 * np.sqrt(1.0 - rho2))
+    depth = (ctr / np.mean(NORMAL_CTR)) * (0.5 + 0.5 * np.sqrt(1.0 - rho2))
     atten += 0.36 * depth * heart * np.maximum(lungs, 0.35)
     if labels["Cardiomegaly"]:
         masks["Cardiomegaly"] = heart > 0.5
