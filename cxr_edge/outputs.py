@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,3 +133,18 @@ def infer_to_files(
     """Predict one image with ``edge`` and write its result set: ``infer``'s unit of work."""
     prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
     return write_result_set(prediction, stem, options)
+
+
+def infer_progressive_to_files(
+    edge: CxrEdge,
+    image: str | Path,
+    stem: str,
+    options: OutputOptions,
+    steps: int,
+    allow_non_chest: bool = False,
+) -> Iterator[ImageResult]:
+    """``infer_to_files`` refined level by level (``CxrEdge.predict_progressive``): after each
+    level S' = 1, 2, 4, ..., ``steps`` the whole result set is rewritten for that level (each
+    file atomically, the report last) and its ``ImageResult`` yielded; the last one is S."""
+    for prediction in edge.predict_progressive(image, steps=steps, allow_non_chest=allow_non_chest):
+        yield write_result_set(prediction, stem, options)

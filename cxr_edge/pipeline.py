@@ -3,6 +3,8 @@
     edge = CxrEdge.load()                      # bundled demo model, ONNX Runtime on the CPU
     pred = edge.predict("chest.png", steps=8)  # or an (h, w) uint8 / float array
     pred.findings, pred.maps.scaled            # a plain Prediction (cxr_edge.prediction)
+    for pred in edge.predict_progressive("chest.png", steps=8):  # S = 1, 2, 4, 8 in turn
+        ...
 
 Stages: decode -> preprocess (``prepare_image``) -> tile (bounded chunks) -> backend ->
 postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
@@ -30,10 +32,10 @@ from cxr_edge.backends.base import DeviceBackend, PatchBackend
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.postprocess import AccumulatorFactory, DeviceAccumulator
+from cxr_edge.postprocess import Accumulator, AccumulatorFactory, DeviceAccumulator, SaliencyMaps
 from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
-from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
+from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches, level_pairs, progressive_levels
 
 #: Patches tiled and sent to the backend per chunk on the host path. 256 patches = 4 shifted
 #: images, 16 MiB of input; keeps peak memory bounded for any S (S = 64 is 262,144 patches).
@@ -228,55 +230,102 @@ class CxrEdge:
 
         acc = self._accumulator(steps, md.image_size, md.patch_size, md.num_classes)
         try:
-            # GPU backend + GPU postprocess: the engine writes logits straight into the
-            # postprocess's buffer, so patch logits never travel through the host.
-            device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-            device_acc = acc if isinstance(acc, DeviceAccumulator) else None
-            on_device = device_backend is not None and device_acc is not None
-            tile_s = backend_s = post_s = 0.0
-            batches: Iterator[PatchBatch] = iter_patch_batches(
-                prepared.model_input, steps, md.patch_size, self.max_patches
-            )
-            while True:
-                t0 = clock()
-                batch = next(batches, None)
-                tile_s += clock() - t0
-                if batch is None:
-                    break
-                # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
-                # logits may live in buffers the next run overwrites.
-                with self._backend_lock or contextlib.nullcontext():
-                    t0 = clock()
-                    if device_backend is not None and device_acc is not None:
-                        device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
-                        t1 = clock()
-                        device_acc.mark_written(batch.first_shift, len(batch.pairs))
-                    else:
-                        logits = self.backend.run(batch.patches)
-                        t1 = clock()
-                        acc.add(batch.pairs, logits)
-                    t2 = clock()
-                backend_s += t1 - t0
-                post_s += t2 - t1
+            spent = _StageSeconds()
+            batches = iter_patch_batches(prepared.model_input, steps, md.patch_size, self.max_patches)
+            on_device = self._run_batches(batches, acc, spent)
             t0 = clock()
-            if on_device and device_backend is not None:
+            if on_device and isinstance(self.backend, DeviceBackend):
                 # the postprocess runs on its own stream: let the engine finish first
                 with self._backend_lock or contextlib.nullcontext():
-                    device_backend.synchronize()
-                backend_s += clock() - t0
+                    self.backend.synchronize()
+                spent.backend += clock() - t0
                 t0 = clock()
             maps = acc.finish(md.labels)
-            post_s += clock() - t0
+            spent.postprocess += clock() - t0
         finally:
             acc.close()
-        timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
+        timings.update(spent.as_ms())
+        return self._prediction(prepared, maps, timings)
 
+    def predict_progressive(
+        self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
+    ) -> Iterator[Prediction]:
+        """Yield the prediction at S' = 1, 2, 4, ..., ``steps`` in turn, refining one set of runs.
+
+        Every shifted copy of S runs exactly once in all: level S' adds only the shifts that
+        level S'/2 lacks (powers of two nest, ``tile.level_pairs``), and each yielded
+        Prediction equals ``predict(image, steps=S')`` (same patch logits, same arithmetic).
+        The first comes right after the backend's first batch (the one unshifted copy).
+        ``timings_ms`` are cumulative up to that level (``decode`` .. ``postprocess``).
+
+        Levels are built by the numpy ``SaliencyAccumulator`` whatever accumulator this
+        CxrEdge was given (the CUDA postprocess builds one final level only), from the logits
+        the backend's ``run`` returns. Stopping early (closing the generator) is fine.
+        """
+        from cxr_edge.postprocess import SaliencyAccumulator
+
+        md = self.metadata
+        steps = check_steps(steps, md.patch_size)
+        prepared = self.prepare(image, allow_non_chest)
+        clock = time.perf_counter
+        acc = SaliencyAccumulator(steps, md.image_size, md.patch_size, md.num_classes)
+        try:
+            spent = _StageSeconds()
+            for level in progressive_levels(steps):
+                batches = iter_patch_batches(
+                    prepared.model_input,
+                    steps,
+                    md.patch_size,
+                    self.max_patches,
+                    pairs=level_pairs(level, md.patch_size),
+                )
+                self._run_batches(batches, acc, spent)
+                t0 = clock()
+                maps = acc.finish_level(md.labels, level)
+                spent.postprocess += clock() - t0
+                yield self._prediction(prepared, maps, {**prepared.timings_ms, **spent.as_ms()})
+        finally:
+            acc.close()
+
+    def _run_batches(self, batches: Iterator[PatchBatch], acc: Accumulator, spent: _StageSeconds) -> bool:
+        """Tile, run and accumulate chunk by chunk, adding the wall time of each stage to
+        ``spent``. Returns True when the engine wrote straight into the accumulator's device
+        buffer (GPU backend + GPU postprocess: patch logits never travel through the host)."""
+        clock = time.perf_counter
+        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
+        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
+        while True:
+            t0 = clock()
+            batch = next(batches, None)
+            spent.tile += clock() - t0
+            if batch is None:
+                break
+            # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
+            # logits may live in buffers the next run overwrites.
+            with self._backend_lock or contextlib.nullcontext():
+                t0 = clock()
+                if device_backend is not None and device_acc is not None:
+                    device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
+                    t1 = clock()
+                    device_acc.mark_written(batch.first_shift, len(batch.pairs))
+                else:
+                    logits = self.backend.run(batch.patches)
+                    t1 = clock()
+                    acc.add(batch.pairs, logits)
+                t2 = clock()
+            spent.backend += t1 - t0
+            spent.postprocess += t2 - t1
+        return device_backend is not None and device_acc is not None
+
+    def _prediction(
+        self, prepared: PreparedImage, maps: SaliencyMaps, timings: dict[str, float]
+    ) -> Prediction:
         return Prediction(
-            findings=findings_from(maps, md),
+            findings=findings_from(maps, self.metadata),
             maps=maps,
             gray=prepared.gray,
             crop=prepared.crop,
-            metadata=md,
+            metadata=self.metadata,
             backend=self.backend.name,
             model=self.model_info,
             image=prepared.name,
@@ -284,3 +333,15 @@ class CxrEdge:
             info=prepared.info,
             timings_ms=timings,
         )
+
+
+@dataclass
+class _StageSeconds:
+    """Wall time spent per stage of one prediction, in seconds (summed over chunks)."""
+
+    tile: float = 0.0
+    backend: float = 0.0
+    postprocess: float = 0.0
+
+    def as_ms(self) -> dict[str, float]:
+        return {"tile": self.tile * 1e3, "backend": self.backend * 1e3, "postprocess": self.postprocess * 1e3}

@@ -3,15 +3,22 @@
 ``finding_overlay`` draws one finding of a ``Prediction``. ``overlay`` is the exact formula the
 CUDA overlay kernel reproduces (see its docstring); ``draw_legend`` adds the small legend
 (finding, probability, colour bar) with OpenCV and is kept separate so the formula stays
-testable on its own.
+testable on its own. ``draw_patch_outlines`` outlines the decisive patches and ``draw_footer``
+writes the rationale and any shortcut warning along the bottom (``cxr_edge.explain``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cxr_edge.explain.decisive import decisive_patches
+from cxr_edge.explain.rationale import rationale
+from cxr_edge.explain.shortcuts import shortcut_warnings
 from cxr_edge.prediction import Prediction
 from cxr_edge.preprocess import CropBox
+
+#: Outline colour of decisive patches (RGB): amber, outside the blue-white-red scale.
+OUTLINE_RGB = (255, 191, 0)
 
 #: End colours of the diverging scale (RGB): blue = evidence against, red = evidence for.
 _BLUE = np.array([33.0, 102.0, 172.0])
@@ -97,16 +104,23 @@ def finding_overlay(
     vmax: float | None = None,
     legend: bool = True,
     alpha_max: float = 0.6,
+    explain: bool = True,
 ) -> np.ndarray:
     """The X-ray at its original resolution with one finding's map blended over it.
 
     Red = evidence for, blue = against, symmetric scale: ``vmax`` (logit units) defaults to the
-    map's largest magnitude. Returns (h, w, 3) uint8 RGB.
+    map's largest magnitude. ``explain``: outline the decisive patches of the call and write
+    its rationale and any shortcut warning in a footer. Returns (h, w, 3) uint8 RGB.
     """
     value_map = prediction.value_map(label, map_kind)
     if vmax is None:
         vmax = float(np.max(np.abs(value_map)))
     rgb = overlay(prediction.gray, value_map, prediction.crop, vmax, alpha_max=alpha_max)
+    if explain:
+        grid = prediction.metadata.grid
+        draw_patch_outlines(rgb, prediction.crop, decisive_patches(prediction, label).patches, grid)
+        warnings = [w.message for w in shortcut_warnings(prediction, [label], map_kind)]
+        draw_footer(rgb, [rationale(prediction, label, map_kind).text], warnings)
     if legend:
         f = prediction.finding(label)
         draw_legend(rgb, f.label, f.probability, vmax, map_name=map_kind, threshold=f.threshold)
@@ -170,6 +184,74 @@ def draw_legend(
         tw = cv2.getTextSize(s, font, font_scale, thick)[0][0]
         tx = int(bar_x + frac * (bar_w - 1) - frac * tw)
         cv2.putText(rgb, s, (tx, tick_y), font, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return rgb
+
+
+def draw_patch_outlines(
+    rgb: np.ndarray,
+    crop: CropBox,
+    patches: tuple[tuple[int, int], ...] | list[tuple[int, int]],
+    grid: int,
+    colour: tuple[int, int, int] = OUTLINE_RGB,
+) -> np.ndarray:
+    """Outline patches ``(row, col)`` of the model's ``grid`` x ``grid`` patch grid on ``rgb``
+    (h, w, 3) uint8 RGB, in place: each patch's square in original pixels (the crop split into
+    ``grid`` equal parts, edges rounded), an amber line inside a thin dark one. Returns ``rgb``."""
+    import cv2
+
+    if not patches:
+        return rgb
+    edges_y = crop.top + np.rint(np.arange(grid + 1) * crop.side / grid).astype(int)
+    edges_x = crop.left + np.rint(np.arange(grid + 1) * crop.side / grid).astype(int)
+    thick = max(1, round(crop.side / 512))
+    for dark in (True, False):  # all dark lines first, so neighbours' amber lines stay visible
+        for row, col in patches:
+            top_left = (int(edges_x[col]), int(edges_y[row]))
+            bottom_right = (int(edges_x[col + 1]) - 1, int(edges_y[row + 1]) - 1)
+            if dark:
+                cv2.rectangle(rgb, top_left, bottom_right, (0, 0, 0), thick + 2, cv2.LINE_8)
+            else:
+                cv2.rectangle(rgb, top_left, bottom_right, colour, thick, cv2.LINE_8)
+    return rgb
+
+
+def draw_footer(rgb: np.ndarray, lines: list[str], warnings: list[str] | None = None) -> np.ndarray:
+    """Write ``lines`` (white; e.g. the rationale) and then ``warnings`` (amber; e.g. shortcut
+    warnings) along the bottom of ``rgb`` (h, w, 3) uint8 RGB, in place, on a darkened
+    full-width band; words wrap to the width and the text is sized relative to the image.
+    Skipped when it cannot fit legibly. Returns ``rgb``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale = max(min(h, w) / 1024.0, 0.35)
+    font_scale = 0.5 * scale
+    thick = max(1, round(1.2 * scale))
+    pad = max(1, round(8 * scale))
+    line_h = cv2.getTextSize("Ag", font, font_scale, thick)[0][1] + pad
+    wrapped: list[tuple[str, tuple[int, int, int]]] = []
+    coloured = [(t, (255, 255, 255)) for t in lines] + [(t, OUTLINE_RGB) for t in warnings or []]
+    for text, colour in coloured:
+        current = ""
+        for word in text.split():
+            trial = f"{current} {word}".strip()
+            if current and cv2.getTextSize(trial, font, font_scale, thick)[0][0] > w - 2 * pad:
+                wrapped.append((current, colour))
+                current = word
+            else:
+                current = trial
+        if current:
+            wrapped.append((current, colour))
+    box_h = pad + len(wrapped) * line_h
+    widest = max((cv2.getTextSize(t, font, font_scale, thick)[0][0] for t, _ in wrapped), default=0)
+    if not wrapped or box_h > h // 3 or widest > w - 2 * pad:
+        return rgb  # too small an image for a legible footer
+    y0 = h - box_h
+    rgb[y0:] = (rgb[y0:].astype(np.float32) * 0.35).astype(np.uint8)
+    y = y0
+    for text, colour in wrapped:
+        y += line_h
+        cv2.putText(rgb, text, (pad, y - pad // 2), font, font_scale, colour, thick, cv2.LINE_AA)
     return rgb
 
 

@@ -14,10 +14,13 @@ from cxr_edge.commands.common import EXIT_BAD_INPUT, EXIT_PARTIAL, one_line_erro
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from rich.console import Console
     from rich.table import Table
 
     from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.outputs import ImageResult
     from cxr_edge.prediction import Prediction
 
 
@@ -34,27 +37,67 @@ def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...]
     return chosen
 
 
-def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
-    """A rich table of all findings; rows with an overlay are marked."""
+def findings_table(
+    prediction: Prediction, shown: tuple[str, ...], map_kind: str = "scaled", of_steps: int | None = None
+) -> Table:
+    """A rich table of all findings; rows with an overlay are marked. ``decisive``: how many
+    patches reverse the call (``cxr_edge.explain.decisive``). The caption holds the rationale
+    of each shown finding and any shortcut warning. of_steps: the final S of a progressive run."""
     from rich.markup import escape
     from rich.table import Table
 
-    title = escape(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
-    table = Table(title=title, title_justify="left")
+    from cxr_edge.explain.decisive import decisive_patches
+    from cxr_edge.explain.rationale import rationale
+    from cxr_edge.explain.shortcuts import shortcut_warnings
+
+    level = f"S={prediction.steps}" + (f" of {of_steps}" if of_steps is not None else "")
+    title = escape(f"{prediction.image or 'image'}  ({level}, {prediction.backend})")
+    caption = [escape(rationale(prediction, label, map_kind).text) for label in shown]
+    caption += [
+        f"[bold yellow]warning:[/] {escape(w.message)}"
+        for w in shortcut_warnings(prediction, list(shown), map_kind)
+    ]
+    table = Table(
+        title=title, title_justify="left", caption="\n".join(caption) or None, caption_justify="left"
+    )
     table.add_column("finding")
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
     table.add_column("threshold", justify="right")
     table.add_column("result")
+    table.add_column("decisive", justify="right")
     for f in prediction.findings:
         result = "-" if f.positive is None else ("POSITIVE" if f.positive else "negative")
         style = "bold red" if f.positive else ("bold" if f.label in shown else None)
         thr = "-" if f.threshold is None else f"{f.threshold:.3f}"
         mark = " *" if f.label in shown else ""
+        decisive = decisive_patches(prediction, f.label)
+        count = "none" if decisive.count is None else f"{decisive.count}/{decisive.grid_patches}"
         table.add_row(
-            escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style
+            escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, count, style=style
         )
     return table
+
+
+def show_levels(levels: Iterator[ImageResult], console: Console, map_kind: str, steps: int) -> ImageResult:
+    """Consume a progressive run's results, redrawing the findings table in place per level on
+    a terminal (elsewhere, e.g. a log file, only the last table is printed); returns the last
+    result (S = ``steps``)."""
+    from rich.live import Live
+
+    last: ImageResult | None = None
+    if console.is_terminal:
+        with Live(console=console, auto_refresh=False) as live:
+            for last in levels:
+                live.update(findings_table(last.prediction, last.shown, map_kind, steps), refresh=True)
+    else:
+        for last in levels:
+            pass
+        if last is not None:
+            console.print(findings_table(last.prediction, last.shown, map_kind, steps))
+    if last is None:
+        raise CxrEdgeError(None, "the progressive run produced no level")
+    return last
 
 
 def register(app: typer.Typer) -> None:
@@ -116,6 +159,14 @@ def register(app: typer.Typer) -> None:
                 help="Process files whose header says they are not a frontal chest X-ray.",
             ),
         ] = False,
+        progressive: Annotated[
+            bool,
+            typer.Option(
+                "--progressive",
+                help="Refine the maps at S = 1, 2, 4, ... up to --steps, refreshing the table and result "
+                "files after each level (every shifted copy still runs once; the S=1 result comes first).",
+            ),
+        ] = False,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
@@ -126,7 +177,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from cxr_edge.io.files import expand_inputs
-        from cxr_edge.outputs import OutputOptions, infer_to_files, output_stems
+        from cxr_edge.outputs import OutputOptions, infer_progressive_to_files, infer_to_files, output_stems
         from cxr_edge.pipeline import CxrEdge
         from cxr_edge.postprocess import check_map_kind
         from cxr_edge.report import report_json
@@ -146,12 +197,18 @@ def register(app: typer.Typer) -> None:
         failed = 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # one_line_errors here only turns Ctrl-C into "error: interrupted" and exit 130.
-        with one_line_errors(), Progress(*columns, console=console, transient=True) as progress:
+        # A progressive run shows its own live table instead of the progress bar.
+        bar = Progress(*columns, console=console, transient=True, disable=progressive)
+        with one_line_errors(), bar as progress:
             task = progress.add_task("infer", total=len(files))
             for path, stem in zip(files, output_stems(files)):
                 progress.update(task, description=path.name)
                 try:
-                    result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
+                    if progressive:
+                        levels = infer_progressive_to_files(edge, path, stem, options, steps, allow_non_chest)
+                        result = show_levels(levels, console, map_kind, steps)
+                    else:
+                        result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     if isinstance(exc, CxrEdgeError):
                         message = str(exc) if exc.path else f"{path}: {exc.problem}"
@@ -163,7 +220,8 @@ def register(app: typer.Typer) -> None:
                     print_error(message)
                 else:
                     reports.append(result.report)
-                    progress.console.print(findings_table(result.prediction, result.shown))
+                    if not progressive:
+                        progress.console.print(findings_table(result.prediction, result.shown, map_kind))
                     warning = result.prediction.info.get("scope_warning")
                     if warning:
                         typer.echo(f"warning: {path}: {warning}", err=True)

@@ -190,20 +190,41 @@ class GpuPostprocess:
         self.kernels.postprocess(self.params, buffers, self.stream.handle)
 
     def finish(self, labels: Sequence[str]) -> SaliencyMaps:
-        """Run the postprocess and download everything as a ``SaliencyMaps``."""
+        """Run the postprocess and download everything as a ``SaliencyMaps``.
+
+        Progressive levels (``SaliencyAccumulator.finish_level``) are not implemented on the
+        device: ``CxrEdge.predict_progressive`` uses the numpy accumulator.
+        """
+        from cxr_edge.gpu import check, cuda_runtime
+
         labels = tuple(labels)
         if len(labels) != self.num_classes:
             raise CxrEdgeError(None, f"{len(labels)} labels for {self.num_classes} classes")
         self.run()
-        c, n = self.num_classes, self.image_size
+        c, n, g = self.num_classes, self.image_size, self.grid
         logits = np.empty(c, dtype=np.float32)
         probabilities = np.empty(c, dtype=np.float32)
         maps = np.empty((2, c, n, n), dtype=np.float32)
+        # The unshifted copy's patch logits are rows k0*G*G .. of the logits buffer (k0: the
+        # (0, 0) shift), in the buffer's dtype: (G*G, C), patch row-major.
+        zero = int(np.flatnonzero(np.asarray(self.offsets) == 0)[0])
+        unshifted = np.empty((g * g, c), dtype=self.logits_dtype)
         self.image_logits.download(logits, self.stream)
         self.probabilities.download(probabilities, self.stream)
         self.maps.download(maps, self.stream)
+        check(
+            cuda_runtime().cudaMemcpyAsync(
+                unshifted.ctypes.data,
+                self.logits_address(zero * self.steps + zero),
+                unshifted.nbytes,
+                cuda_runtime().cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                self.stream.handle,
+            ),
+            "cudaMemcpyAsync(unshifted patch logits)",
+        )
         self.stream.synchronize()
-        return SaliencyMaps(self.steps, labels, logits, probabilities, maps[0], maps[1])
+        patch_logits = np.ascontiguousarray(unshifted.astype(np.float32).T.reshape(c, g, g))
+        return SaliencyMaps(self.steps, labels, logits, probabilities, maps[0], maps[1], patch_logits)
 
     def overlay(
         self,
