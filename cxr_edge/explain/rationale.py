@@ -7,8 +7,10 @@ Template (fixed wording, filled with numbers computed elsewhere)::
 
 with the variants "negative ... <k> of <G*G> patches hold it below the threshold", "(no
 decision threshold) ... <k> of <G*G> patches carry it above / keep it below probability 0.50",
-"the map shows no evidence for it" and "every patch is at or above the threshold, so no set of
-patches reverses the call". ``k``: ``cxr_edge.explain.decisive``. The zone: of six zones, sides
+"its map shows no positive (red) evidence" and "every patch is at or above the threshold, so no
+set of patches reverses the call". ``k``: ``cxr_edge.explain.decisive`` (relative to the
+threshold, as the decision is); the evidence and its zone: the map (relative to logit 0, as
+the overlay's colours are), so a weak positive call can rest on patches drawn blue. The zone: of six zones, sides
 (right, left: the frame's halves) x thirds (upper, middle, lower) of each side's lung field
 (``cxr_edge.explain.body``; the whole frame when none is found), the one holding the largest
 share of the finding's evidence (``cxr_edge.explain.evidence``: the positive part of its map).
@@ -175,7 +177,7 @@ def rationale(prediction: Prediction, label: str, map_kind: str = "scaled") -> R
         head += " (no decision threshold)."
     zone = share = None
     if shares is None:
-        where = "The map shows no evidence for it"
+        where = "Its map shows no positive (red) evidence"
     else:
         zone = max(shares, key=lambda z: shares[z])
         share = shares[zone]
