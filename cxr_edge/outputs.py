@@ -314,12 +314,19 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
     _check_not_clobbering(directory, new, set(old))
     # The journal names the JSON first: recovery keeps a set whose JSON exists.
     write_text_atomic(journal, "\n".join(dict.fromkeys([report_name, *new, *old])) + "\n")
-    (directory / report_name).unlink(missing_ok=True)  # the old set is no longer committed
-    for name in set(old) - set(new):
-        (directory / name).unlink(missing_ok=True)
-    for name, data in staged:
-        write_bytes_atomic(directory / name, data)
-    write_text_atomic(directory / report_name, text)
+    try:
+        (directory / report_name).unlink(missing_ok=True)  # the old set is no longer committed
+        for name in set(old) - set(new):
+            (directory / name).unlink(missing_ok=True)
+        for name, data in staged:
+            write_bytes_atomic(directory / name, data)
+        write_text_atomic(directory / report_name, text)
+    except BaseException:
+        # A failed write (disk full, Ctrl-C) leaves nothing of this image: undo by the journal.
+        for name in _read_journal(journal):
+            (directory / name).unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
+        raise
     journal.unlink(missing_ok=True)
     files = (*(directory / name for name, _ in staged), directory / report_name)
     return ImageResult(prediction, report, shown, files)

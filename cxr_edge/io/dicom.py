@@ -95,8 +95,8 @@ def _file_meta_end(data: bytes) -> int | None:
 def _inflate_bounded(path: Path, data: bytes, meta_end: int, budget: InputBudget) -> Any:
     """Parse a deflated dataset without ever holding more than the budget: inflate 1 MiB,
     read the header up to PixelData, check its pixel count, then inflate the rest."""
+    from pydicom.dataset import FileMetaDataset
     from pydicom.filereader import read_dataset as read_raw
-    from pydicom.filereader import read_file_meta_info
 
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
@@ -114,7 +114,7 @@ def _inflate_bounded(path: Path, data: bytes, meta_end: int, budget: InputBudget
                 path, f"deflated DICOM inflates past the input budget of {budget.max_bytes / 1e6:g} MB"
             )
         ds = read_raw(io.BytesIO(head + rest), False, True)
-        ds.file_meta = read_file_meta_info(io.BytesIO(data))  # type: ignore[arg-type]  # takes file objects too
+        ds.file_meta = FileMetaDataset(read_raw(io.BytesIO(data[132:meta_end]), False, True))
     except CxrEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - zlib and pydicom raise many types; messages may quote values

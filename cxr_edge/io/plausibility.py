@@ -67,7 +67,7 @@ def image_problem(gray: np.ndarray, limits: PlausibilityLimits | None = None) ->
         return f"image is {w} x {h} pixels, aspect ratio {max(h, w) / min(h, w):.1f}:1 (at most {limits.max_aspect:g}:1)"
     low, high = np.percentile(gray[:: max(1, h // 512), :: max(1, w // 512)], [1, 99])
     if high - low < limits.min_spread:
-        return f"near-constant image (98% of pixels within {int(high - low) + 1} grey levels): nothing to classify"
+        return f"near-constant image (98% of its pixels span {int(high - low)} of 255 grey levels): nothing to classify"
     r = _neighbour_correlation(gray)
     if r < limits.min_neighbour_correlation:
         return f"noise-like image (neighbouring pixels correlate r = {r:.2f}; radiographs are smooth)"
