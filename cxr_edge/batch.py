@@ -51,6 +51,14 @@ def check_output_directory(directory: Path, inputs: Sequence[Path]) -> Path:
     """Create ``directory`` if needed and refuse it (CxrEdgeError naming it) when it is not a
     writable folder, or when it is an input folder or lies inside one (a later run would read
     the results back as X-rays). Returns it. Cheap: call before loading the model."""
+    real_out = Path(os.path.realpath(directory))
+    for item in inputs:
+        if item.is_dir() and _within(real_out, Path(os.path.realpath(item))):
+            raise CxrEdgeError(
+                directory,
+                f"--out lies inside the input folder {item}: results would be read back as X-rays; "
+                "choose a folder outside the inputs",
+            )
     if directory.exists() and not directory.is_dir():
         raise CxrEdgeError(directory, "--out is not a folder")
     try:
@@ -61,14 +69,6 @@ def check_output_directory(directory: Path, inputs: Sequence[Path]) -> Path:
         ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise CxrEdgeError(directory, "--out is not writable")
-    real_out = Path(os.path.realpath(directory))
-    for item in inputs:
-        if item.is_dir() and _within(real_out, Path(os.path.realpath(item))):
-            raise CxrEdgeError(
-                directory,
-                f"--out lies inside the input folder {item}: results would be read back as X-rays; "
-                "choose a folder outside the inputs",
-            )
     index = directory / INDEX_NAME
     if index.exists():
         try:

@@ -251,15 +251,18 @@ class CxrEdge:
         return dict(self._model_info)
 
     def _check_finite(self, maps: SaliencyMaps, image: str | None) -> None:
-        """Non-finite logits mean a broken model (or engine), never a "negative" finding."""
+        """Non-finite outputs mean a broken model (or engine), never a "negative" finding."""
         for what, values in (("logits", maps.logits), ("raw map", maps.raw), ("scaled map", maps.scaled)):
             if not np.all(np.isfinite(values)):
-                bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-                raise ModelError(
-                    self.model_path or self.backend.name,
-                    f"the model gave non-finite outputs (NaN or infinity: {bad} values of its {what}) "
-                    f"on {image or 'the image'}; its results cannot be used",
-                )
+                self._raise_non_finite(what, values, image)
+
+    def _raise_non_finite(self, what: str, values: np.ndarray, image: str | None) -> None:
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise ModelError(
+            self.model_path or self.backend.name,
+            f"the model gave non-finite outputs (NaN or infinity: {bad} of {np.size(values)} {what}) "
+            f"on {image or 'the image'}; its results cannot be used",
+        )
 
     def prepare(self, image: str | Path | np.ndarray, allow_non_chest: bool = False) -> PreparedImage:
         """Decode and preprocess ``image`` for this model (``prepare_image``)."""
@@ -309,6 +312,8 @@ class CxrEdge:
                     else:
                         logits = self.backend.run(batch.patches)
                         t1 = clock()
+                        if not np.all(np.isfinite(logits)):  # before the postprocess does arithmetic on them
+                            self._raise_non_finite("logits", logits, prepared.name)
                         acc.add(batch.pairs, logits)
                     t2 = clock()
                 backend_s += t1 - t0

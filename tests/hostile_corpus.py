@@ -41,7 +41,9 @@ def jpeg_bytes(gray: np.ndarray, progressive: bool = False) -> bytes:
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def png_bomb(width: int, height: int, rows_written: int | None = None) -> bytes:
@@ -54,7 +56,9 @@ def png_bomb(width: int, height: int, rows_written: int | None = None) -> bytes:
         parts.append(z.compress(row))
     parts.append(z.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+    )
 
 
 def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:

@@ -51,10 +51,8 @@ def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
 
     from cxr_edge.render import clinical_use_banner, model_identity
 
-    title = escape(
-        printable(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})\n")
-        + printable(model_identity(prediction))
-    )
+    head = printable(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
+    title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
     banner = clinical_use_banner(prediction)
     caption = escape(banner) if banner else None
     table = Table(
