@@ -122,7 +122,7 @@ def test_legend_and_banner_sit_outside_the_image(edge: CxrEdge) -> None:
     gray = hc.xray_like(300, 520)
     pred = edge.predict(gray, steps=1)
     label = pred.reported_labels()[0] if pred.reported_labels() else pred.labels[0]
-    bare, scale = finding_image(pred, label)
+    bare, _ = finding_image(pred, label)
     framed = finding_overlay(pred, label)
     h, w = gray.shape
     assert framed.shape[1] == w and framed.shape[0] > h + 40  # larger, never drawn over
