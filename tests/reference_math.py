@@ -1,6 +1,6 @@
-"""An independent, literal float64 numpy implementation of SPEC.md's patch and saliency math.
+"""An independent, literal float64 numpy implementation of docs/model.md's patch and saliency math.
 
-Written straight from the spec, slow on purpose and sharing no code with ``cxr_edge``: pad with
+Written straight from that page, slow on purpose and sharing no code with ``cxr_edge``: pad with
 P/2 zeros, take each shifted window, cut patches row-major, classify, repeat each patch value
 over its P x P pixels, shift back with zeros outside, average over S*S. Tests compare the
 product against this. Keep image sizes small in tests (e.g. 128 with patch 16) for speed.
