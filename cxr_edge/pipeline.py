@@ -116,10 +116,12 @@ def prepare_image(
     """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
     for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input.
 
-    Files are read within ``budget`` (bytes and header pixels, before decoding) and their pixels
-    checked by ``check_pixels`` (size, aspect, near-constant, noise, and for files no header
-    vouches for, the chest-tone check that ``allow_non_chest`` overrides). Arrays are the
-    caller's: they are not checked (``cxr_edge.io.plausibility.image_problem`` is public).
+    Files are read within ``budget`` (bytes and header pixels, before decoding). With ``limits``
+    (``CxrEdge.prepare`` / ``predict`` always pass them) the decoded pixels are checked by
+    ``check_pixels`` (size, aspect, near-constant, noise, and for files no header vouches for,
+    the chest-tone check that ``allow_non_chest`` overrides); without, they are only decoded
+    (calibration sets). Arrays are the caller's: they are not checked
+    (``cxr_edge.io.plausibility.image_problem`` is public).
     """
     clock = time.perf_counter
     t0 = clock()
@@ -130,7 +132,9 @@ def prepare_image(
 
         xray = load_xray(image, allow_non_chest=allow_non_chest, budget=budget)
         gray, name, source = xray.pixels, str(image), xray.source
-        info = check_pixels(gray, source, xray.info, name, allow_non_chest, limits)
+        info = dict(xray.info)
+        if limits is not None:
+            info = check_pixels(gray, source, info, name, allow_non_chest, limits)
     else:
         gray = _as_gray(image)
     t1 = clock()
