@@ -91,8 +91,11 @@ def dicom_dataset(stored: np.ndarray, **header: object) -> object:
     ds.PhotometricInterpretation = "MONOCHROME2"
     bits = 8 * stored.dtype.itemsize
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
-    for keyword, value in header.items():
-        setattr(ds, keyword, value)
+    from pydicom import config
+
+    with config.disable_value_validation():  # hostile values ("NaN", "1e308") on purpose
+        for keyword, value in header.items():
+            setattr(ds, keyword, value)
     ds.PixelData = stored.tobytes()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -268,3 +268,23 @@ def test_threads_are_bounded_by_the_cores(tmp_path: Path) -> None:
     assert result.exit_code == 2
     [line] = error_lines(result)
     assert "--threads must be 1.." in line and "2000" in line
+
+
+def test_a_harmless_png_warning_is_kept_not_printed(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """libpng warns about a broken colour profile (an ancillary chunk): the pixels are fine."""
+    import struct
+    import zlib
+
+    from cxr_edge.io import load_xray
+
+    data = hc.png_bytes(GOOD)
+    body = b"bogus\x00\x00" + zlib.compress(b"not a profile")
+    iccp = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    path = tmp_path / "profile.png"
+    path.write_bytes(data[:33] + iccp + data[33:])  # right after IHDR
+    xray = load_xray(path)
+    assert np.array_equal(xray.pixels, GOOD)
+    assert any("iCCP" in w for w in xray.info["decoder_warnings"])
+    assert "libpng" not in capfd.readouterr().err

@@ -102,11 +102,13 @@ def decode_raster(
     if channels not in (1, 3, 4):
         raise CxrEdgeError(path, f"unsupported {fmt.upper()} with {channels} channels")
     gray = opencv_to_l(decoded)
-    info = {
+    info: dict[str, Any] = {
         "format": fmt,
         "bits": 8 * decoded.dtype.itemsize,
         "channels": channels,
         "width": int(gray.shape[1]),
         "height": int(gray.shape[0]),
     }
+    if messages:  # harmless ones only (ancillary PNG chunks): kept as facts, not printed
+        info["decoder_warnings"] = [_one_line(m) for m in messages]
     return np.ascontiguousarray(gray), info
