@@ -373,7 +373,7 @@ def _colour_bar(scale: ColourScale, width: int, font_scale: float) -> np.ndarray
 
 
 def frame_font_scale(width: int) -> float:
-    """OpenCV font scale of the strips: text about 1/60 of the image width tall, never below
+    """OpenCV font scale of the strips: letters about 1/40 of the image width tall, never below
     legibility (0.45, ~10 px) and capped for very wide images."""
     return float(min(max(width / 1100.0, 0.45), 3.0))
 
