@@ -12,3 +12,10 @@ class CxrEdgeError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ServiceUnavailableError(CxrEdgeError):
+    """The service that runs the model (a Triton server) cannot be reached or went away.
+
+    Not a problem of one input: a batch stops at the first one instead of failing every file.
+    """

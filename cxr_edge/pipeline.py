@@ -211,6 +211,52 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
     )
 
 
+def decode_image(
+    image: str | Path | np.ndarray, allow_non_chest: bool = False
+) -> tuple[np.ndarray, str | None, str, dict[str, Any]]:
+    """The 8-bit image ``predict`` works on: ``(gray (h, w) uint8, name, source, info)``.
+
+    image: a file path (PNG/JPEG/DICOM, read by ``cxr_edge.io.load_xray``; name = the path) or
+    an (h, w) array, uint8 or float in [0, 1] (name None, source "array", no info).
+    """
+    if isinstance(image, (str, Path)):
+        from cxr_edge.io import load_xray
+
+        xray = load_xray(image, allow_non_chest=allow_non_chest)
+        return xray.pixels, str(image), xray.source, dict(xray.info)
+    return _as_gray(image), None, "array", {}
+
+
+def findings_from_maps(maps: SaliencyMaps, metadata: ModelMetadata) -> tuple[Finding, ...]:
+    """One Finding per label: the image logit and probability, judged by the model's thresholds."""
+    thresholds = metadata.thresholds
+    findings = []
+    for c, label in enumerate(metadata.labels):
+        p = float(maps.probabilities[c])
+        thr = None if thresholds is None else float(thresholds[c])
+        findings.append(Finding(label, float(maps.logits[c]), p, thr, None if thr is None else p >= thr))
+    return tuple(findings)
+
+
+def describe_model(metadata: ModelMetadata, path: str | None, sha256: str | None) -> dict[str, Any]:
+    """What a report says about the model: the file (path, sha256) and its metadata summary."""
+    md = metadata
+    return {
+        "path": path,
+        "sha256": sha256,
+        "variant": md.variant.name,
+        "precision": md.precision,
+        "image_size": md.image_size,
+        "patch_size": md.patch_size,
+        "labels": list(md.labels),
+        "has_thresholds": md.thresholds is not None,
+        "checkpoint_sha256": md.checkpoint_sha256 or None,
+        "preprocessing": md.preprocessing,
+        "package_version": md.package_version,
+        "intended_use": md.intended_use,
+    }
+
+
 def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
     if kind == "auto":
         kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
@@ -302,23 +348,9 @@ class CxrEdge:
     def model_info(self) -> dict[str, Any]:
         """What the report says about the model: path, sha256, metadata summary, intended use."""
         if self._model_info is None:
-            md = self.metadata
-            info: dict[str, Any] = {
-                "path": None if self.model_path is None else str(self.model_path),
-                "sha256": None,
-                "variant": md.variant.name,
-                "precision": md.precision,
-                "image_size": md.image_size,
-                "patch_size": md.patch_size,
-                "labels": list(md.labels),
-                "has_thresholds": md.thresholds is not None,
-                "checkpoint_sha256": md.checkpoint_sha256 or None,
-                "preprocessing": md.preprocessing,
-                "package_version": md.package_version,
-                "intended_use": md.intended_use,
-            }
-            if self.model_path is not None and self.model_path.is_file():
-                info["sha256"] = sha256_file(self.model_path)
+            path = self.model_path
+            sha256 = sha256_file(path) if path is not None and path.is_file() else None
+            info = describe_model(self.metadata, None if path is None else str(path), sha256)
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
 
@@ -343,15 +375,7 @@ class CxrEdge:
         clock = time.perf_counter
 
         t0 = clock()
-        name: str | None = None
-        source, info = "array", {}
-        if isinstance(image, (str, Path)):
-            from cxr_edge.io import load_xray
-
-            xray = load_xray(image, allow_non_chest=allow_non_chest)
-            gray, name, source, info = xray.pixels, str(image), xray.source, dict(xray.info)
-        else:
-            gray = _as_gray(image)
+        gray, name, source, info = decode_image(image, allow_non_chest)
         timings["decode"] = (clock() - t0) * 1e3
 
         t0 = clock()
@@ -397,14 +421,8 @@ class CxrEdge:
         post_s += clock() - t0
         timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
 
-        thresholds = md.thresholds
-        findings = []
-        for c, label in enumerate(md.labels):
-            p = float(maps.probabilities[c])
-            thr = None if thresholds is None else float(thresholds[c])
-            findings.append(Finding(label, float(maps.logits[c]), p, thr, None if thr is None else p >= thr))
         return Prediction(
-            findings=tuple(findings),
+            findings=findings_from_maps(maps, md),
             maps=maps,
             gray=gray,
             crop=pre.crop,
