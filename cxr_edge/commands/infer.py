@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cxr_edge.commands.common import EXIT_BAD_INPUT, EXIT_PARTIAL, one_line_errors, print_error
-from cxr_edge.errors import CxrEdgeError
+from cxr_edge.errors import CxrEdgeError, ServiceUnavailableError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from cxr_edge.pipeline import CxrEdge, Prediction
+    from cxr_edge.triton.client import TritonCxrEdge
 
 #: File suffixes a folder argument expands to (DICOM files without a suffix are skipped).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -121,7 +122,7 @@ def findings_table(prediction: Prediction, shown: list[str]) -> Any:
 
 
 def process_one(
-    edge: CxrEdge,
+    edge: CxrEdge | TritonCxrEdge,
     path: Path,
     stem: str,
     out: Path,
@@ -217,6 +218,15 @@ def register(app: typer.Typer) -> None:
                 help="Process files whose header says they are not a frontal chest X-ray.",
             ),
         ] = False,
+        server: Annotated[
+            str | None,
+            typer.Option(
+                "--server",
+                metavar="URL",
+                help="Run the model on a Triton server (grpc://HOST:8001 or http://HOST:8000) holding a "
+                "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
+            ),
+        ] = None,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
@@ -233,7 +243,15 @@ def register(app: typer.Typer) -> None:
             check_steps(steps)
             if map_kind not in MAP_KINDS:
                 raise CxrEdgeError(None, f"--map must be one of {', '.join(MAP_KINDS)}, got {map_kind!r}")
-            edge = CxrEdge.load(model, threads=threads)
+            edge: CxrEdge | TritonCxrEdge
+            if server is not None:
+                if model is not None or threads is not None:
+                    raise CxrEdgeError(None, "--server runs the server's model: drop --model and --threads")
+                from cxr_edge.triton.client import TritonCxrEdge
+
+                edge = TritonCxrEdge(server)
+            else:
+                edge = CxrEdge.load(model, threads=threads)
             chosen = parse_findings(findings, edge.metadata.labels)
         files = expand_inputs(inputs)
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
@@ -250,6 +268,8 @@ def register(app: typer.Typer) -> None:
                     pred, report, shown = process_one(
                         edge, path, stem, out, steps, map_kind, chosen, overlay, save_maps, allow_non_chest
                     )
+                except ServiceUnavailableError:
+                    raise  # the server is gone: no later file can succeed (one line, exit 2)
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     if isinstance(exc, CxrEdgeError):
                         message = str(exc) if exc.path else f"{path}: {exc.problem}"

@@ -70,6 +70,12 @@ class TritonCxrEdge:
         self, url: str, model_name: str = protocol.IMAGE_MODEL, timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> None:
         self.protocol, self.address = parse_server_url(url)
+        try:
+            import tritonclient.utils  # noqa: F401 - fail here, with one line, not mid-request
+        except ImportError:
+            raise CxrEdgeError(
+                None, "tritonclient is not installed: pip install 'cxr-edge[triton]'"
+            ) from None
         self.url = f"{self.protocol}://{self.address}"
         self.model_name = model_name
         self.timeout_s = float(timeout_s)
