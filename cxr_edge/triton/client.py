@@ -38,7 +38,7 @@ PROTOCOLS = ("http", "grpc")
 T = TypeVar("T")
 
 #: gRPC status codes that mean the server is gone or unreachable, not that it refused the request.
-_GRPC_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")
+_GRPC_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
 
 def parse_server_url(url: str) -> tuple[str, str]:
@@ -223,16 +223,19 @@ class TritonCxrEdge:
 
         md = self.metadata
         c, n = md.num_classes, md.image_size
+
+        def array(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            # A writable float32 copy: tritonclient's arrays are read-only views of its buffers.
+            return np.array(outputs[name].reshape(shape), dtype=np.float32)
+
         try:
             maps = SaliencyMaps(
                 steps=steps,
                 labels=md.labels,
-                logits=outputs[protocol.LOGITS_OUTPUT].reshape(c).astype(np.float32, copy=False),
-                probabilities=outputs[protocol.PROBABILITIES_OUTPUT]
-                .reshape(c)
-                .astype(np.float32, copy=False),
-                raw=outputs[protocol.RAW_OUTPUT].reshape(c, n, n).astype(np.float32, copy=False),
-                scaled=outputs[protocol.SCALED_OUTPUT].reshape(c, n, n).astype(np.float32, copy=False),
+                logits=array(protocol.LOGITS_OUTPUT, (c,)),
+                probabilities=array(protocol.PROBABILITIES_OUTPUT, (c,)),
+                raw=array(protocol.RAW_OUTPUT, (c, n, n)),
+                scaled=array(protocol.SCALED_OUTPUT, (c, n, n)),
             )
             raw_info = outputs[protocol.INFO_OUTPUT].reshape(-1)[0]
             server = json.loads(raw_info.decode() if isinstance(raw_info, bytes) else str(raw_info))
