@@ -31,6 +31,7 @@ class TritonPythonModel:
         if params[protocol.LAYOUT_PARAM] == "whole":
             path = parsed.folder / params[protocol.MODEL_FILE_PARAM]
             self.edge = CxrEdge(open_network(path, parsed.device), path)
+            _ = self.edge.model_info  # hash the model file now, not inside the first request
         else:
             backend = BlsPatchBackend(
                 pb_utils,
