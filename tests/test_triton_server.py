@@ -25,7 +25,8 @@ from cxr_edge.assets import default_model_path, sample_image_path
 from cxr_edge.cli import app
 from cxr_edge.errors import CxrEdgeError, ServiceUnavailableError
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.pipeline import CxrEdge, Prediction
+from cxr_edge.pipeline import CxrEdge
+from cxr_edge.prediction import Prediction
 from cxr_edge.triton import protocol
 from cxr_edge.triton.repository import export_repository
 from cxr_edge.triton.server import LocalTritonServer, TritonEnvironment, find_triton_environment

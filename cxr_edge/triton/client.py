@@ -28,7 +28,9 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError, ServiceUnavailableError
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.pipeline import Prediction, check_steps, decode_image, describe_model, findings_from_maps
+from cxr_edge.pipeline import PreparedImage, describe_model, prepare_image
+from cxr_edge.prediction import Prediction, findings_from
+from cxr_edge.tile import check_steps
 from cxr_edge.triton import protocol
 
 #: Longest one request may take (S=64 on a CPU server is minutes).
@@ -194,34 +196,31 @@ class TritonCxrEdge:
         """Classify one image on the server; same arguments and result as ``CxrEdge.predict``.
 
         timings_ms: ``decode`` (here), the server's ``preprocess``, ``tile``, ``backend`` and
-        ``postprocess``, and ``round_trip`` (request sent to answer decoded, here).
+        ``postprocess``, and ``round_trip`` (request sent to answer decoded, here). The image
+        is decoded and preprocessed here as ``CxrEdge`` does (``prepare_image``: the crop), then
+        preprocessed again on the server from the 8-bit pixels.
         """
-        steps = check_steps(steps)
+        steps = check_steps(steps, self.metadata.patch_size)
+        # The pipeline's own decoding (and crop); the server preprocesses again from the pixels.
+        prepared = prepare_image(image, self.metadata, allow_non_chest)
         t0 = time.perf_counter()
-        gray, name, source, info = decode_image(image, allow_non_chest)
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        t0 = time.perf_counter()
-        outputs = self._infer(gray, steps, name)
+        outputs = self._infer(prepared.gray, steps, prepared.name)
         round_trip_ms = (time.perf_counter() - t0) * 1e3
-        return self._prediction(outputs, gray, steps, name, source, info, decode_ms, round_trip_ms)
+        return self._prediction(outputs, prepared, steps, round_trip_ms)
 
     def _prediction(
         self,
         outputs: dict[str, np.ndarray],
-        gray: np.ndarray,
+        prepared: PreparedImage,
         steps: int,
-        name: str | None,
-        source: str,
-        info: dict[str, Any],
-        decode_ms: float,
         round_trip_ms: float,
     ) -> Prediction:
         """The server's outputs as the ``Prediction`` that ``CxrEdge.predict`` builds (the one
         place the two meet)."""
         from cxr_edge.postprocess import SaliencyMaps
-        from cxr_edge.preprocess import center_crop_box
 
         md = self.metadata
+        name = prepared.name
         c, n = md.num_classes, md.image_size
 
         def array(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -243,22 +242,22 @@ class TritonCxrEdge:
             raise CxrEdgeError(
                 name or self.url, f"Triton server {self.url} sent a malformed answer ({exc})"
             ) from exc
-        timings = {"decode": decode_ms}
+        timings = {"decode": prepared.timings_ms["decode"]}
         timings.update(
             {k: float(v) for k, v in server.get("timings_ms", {}).items() if k != "decode"},
             round_trip=round_trip_ms,
         )
         return Prediction(
-            findings=findings_from_maps(maps, md),
+            findings=findings_from(maps, md),
             maps=maps,
-            gray=gray,
-            crop=center_crop_box(int(gray.shape[0]), int(gray.shape[1])),
+            gray=prepared.gray,
+            crop=prepared.crop,
             metadata=md,
             backend=f"triton:{server.get('backend', 'unknown')}",
             model=self.model_info,
             image=name,
-            source=source,
-            info=info,
+            source=prepared.source,
+            info=prepared.info,
             timings_ms=timings,
         )
 
