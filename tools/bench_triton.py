@@ -15,8 +15,9 @@ did: for ``whole`` the image model's requests and executions (several requests p
 merged), for ``split`` patchnet's patch requests, executions and mean patches per execution.
 
 Servers: the ``nvidia-pytriton`` wheel's tritonserver from ``tools/make_triton_env.sh``'s
-environment, on 127.0.0.1; ``whole`` with one instance, ``split`` with two image-model instances
-and one Python-backend ``patchnet`` running ONNX Runtime. Both are stopped at the end.
+environment, on 127.0.0.1; ``whole`` with one instance, ``split`` with ``--split-instances``
+image-model instances (several images in flight, so their patch requests meet in patchnet's
+queue) and one Python-backend ``patchnet`` running ONNX Runtime. Both are stopped at the end.
 """
 
 from __future__ import annotations
@@ -141,6 +142,12 @@ def main() -> int:
     )
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument(
+        "--layouts", nargs="+", choices=list(protocol.LAYOUTS), default=list(protocol.LAYOUTS)
+    )
+    parser.add_argument(
+        "--split-instances", type=int, default=4, help="image-model instances of the split layout"
+    )
+    parser.add_argument(
         "--env", type=Path, default=Path(os.environ.get("CXR_EDGE_TRITON_ENV", REPO_ROOT / ".venv-triton"))
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
@@ -159,7 +166,8 @@ def main() -> int:
     servers: dict[str, LocalTritonServer] = {}
     results: list[dict[str, Any]] = []
     try:
-        for layout, instances in (("whole", 1), ("split", 2)):
+        for layout in args.layouts:
+            instances = 1 if layout == "whole" else args.split_instances
             repo = work / layout
             export_repository(args.model, repo, layout=layout, instances=instances, patchnet="python")
             servers[layout] = LocalTritonServer(repo, env, workdir=work / f"{layout}-work").start()
@@ -179,24 +187,24 @@ def main() -> int:
             server.close()
 
     print(
-        f"\nmodel {args.model.name}, image {args.image.name}, protocol {args.protocol}; "
-        "throughput in images/s, latency in ms; overhead = server p50 / in-process p50"
+        f"\nmodel {args.model.name}, image {args.image.name}, protocol {args.protocol}, split instances "
+        f"{args.split_instances}; img/s = images per second, latency in ms; overhead = server p50 / "
+        "in-process p50; batching: whole = image requests per execution of cxr_edge, split = patches "
+        "per execution of patchnet (one request = 256 patches)"
     )
-    print(
-        "| S | clients | in-process img/s | p50 | p99 | whole img/s | p50 | p99 | overhead | "
-        "split img/s | p50 | p99 | overhead | whole: requests/executions | split: patches/execution |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    print("| S | clients | in-process img/s | p50 | p99 | layout | img/s | p50 | p99 | overhead | batching |")
+    print("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
     for r in results:
-        ip, wh, sp = r["in_process"], r["whole"], r["split"]
-        wb, sb = wh["batching"], sp["batching"]
-        print(
-            f"| {r['steps']} | {r['clients']} | {ip['throughput']:.2f} | {ip['p50_ms']:.0f} | {ip['p99_ms']:.0f} "
-            f"| {wh['throughput']:.2f} | {wh['p50_ms']:.0f} | {wh['p99_ms']:.0f} | {wh['p50_ms'] / ip['p50_ms']:.2f} "
-            f"| {sp['throughput']:.2f} | {sp['p50_ms']:.0f} | {sp['p99_ms']:.0f} | {sp['p50_ms'] / ip['p50_ms']:.2f} "
-            f"| {wb['inferences']:.0f}/{wb['executions']:.0f} ({wb['per_execution']:.2f}) "
-            f"| {sb['per_execution']:.0f} ({sb['inferences']:.0f} in {sb['executions']:.0f}) |"
-        )
+        ip = r["in_process"]
+        for layout in args.layouts:
+            sv, b = r[layout], r[layout]["batching"]
+            unit = "requests" if layout == "whole" else "patches"
+            print(
+                f"| {r['steps']} | {r['clients']} | {ip['throughput']:.2f} | {ip['p50_ms']:.0f} | "
+                f"{ip['p99_ms']:.0f} | {layout} | {sv['throughput']:.2f} | {sv['p50_ms']:.0f} | "
+                f"{sv['p99_ms']:.0f} | {sv['p50_ms'] / ip['p50_ms']:.2f} | {b['inferences']:.0f} {unit} in "
+                f"{b['executions']:.0f} executions ({b['per_execution']:.1f}) |"
+            )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
