@@ -63,11 +63,11 @@ def local() -> CxrEdge:
 
 def _repository(tmp: Path, layout: str) -> Path:
     out = tmp / layout
-    # split: patchnet on the Python backend (the wheel has no onnxruntime backend); two image-model
-    # instances so patch requests of concurrent images can meet in patchnet's dynamic batcher.
-    export_repository(
-        default_model_path(), out, layout=layout, patchnet="python", instances=2 if layout == "split" else 1
-    )
+    # split: patchnet on the Python backend (the wheel has no onnxruntime backend); four image-model
+    # instances, each with one patch request in flight: with three or more, requests queue up in
+    # patchnet while it runs one, and the batcher merges them.
+    instances = 4 if layout == "split" else 1
+    export_repository(default_model_path(), out, layout=layout, patchnet="python", instances=instances)
     return out
 
 
@@ -173,7 +173,7 @@ def test_dynamic_batching_merges_concurrent_requests(server: LocalTritonServer, 
 
     remote = TritonCxrEdge(server.grpc_url)
     split = "split" in str(server.repository)
-    # split: S=4 is 4 patch requests of 256 per image, so the two image instances' requests meet.
+    # split: S=4 is 4 patch requests of 256 per image.
     steps = 4 if split else 2
     watched = protocol.PATCH_MODEL if split else protocol.IMAGE_MODEL
     before = remote.batch_statistics(watched)
