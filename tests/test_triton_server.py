@@ -82,6 +82,7 @@ def server(
         yield srv
     finally:
         srv.close()
+    assert not srv.shared_memory_regions()
 
 
 def _url(server: LocalTritonServer, scheme: str) -> str:
@@ -236,7 +237,9 @@ def test_server_killed_mid_request_then_recovers(
     process = _infer_process(url, out, steps=32)
     try:
         _wait_for_patch_requests(watcher)
+        assert split_server.shared_memory_regions()  # the live server's, in /dev/shm
         split_server.kill()
+        assert not split_server.shared_memory_regions()  # a killed server's are removed too
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:

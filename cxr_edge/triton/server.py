@@ -272,7 +272,19 @@ class LocalTritonServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         self.process = None
+        self._remove_shared_memory()
         return True
+
+    def shared_memory_regions(self) -> list[Path]:
+        """This server's Python-backend shared-memory regions (``/dev/shm/<prefix>*``, 64 MB
+        each). The prefix is this object's own, so no other server's regions match."""
+        return sorted(Path("/dev/shm").glob(f"{self._shm_prefix}*"))
+
+    def _remove_shared_memory(self) -> None:
+        """Unlink the regions of a server that has ended: a killed one leaves them behind."""
+        for region in self.shared_memory_regions():
+            with contextlib.suppress(OSError):
+                region.unlink()
 
     def close(self) -> None:
         """Stop the server and remove a work folder this object made."""
