@@ -4,8 +4,8 @@
 # Runtime version. The project's own environment is not touched (it keeps numpy 2).
 #   tools/make_triton_env.sh              # -> .venv-triton (where the tests look)
 #   tools/make_triton_env.sh DIR          # elsewhere; point CXR_EDGE_TRITON_ENV at it
-# Why a separate venv: the wheel's Python backend stub reads numpy arrays with the pre-2.0
-# layout (under numpy 2 every output tensor arrives empty), and its Python package pins numpy < 2.
+# Why a separate venv: with numpy 2 the wheel's Python backend stub (it predates numpy 2) sends
+# every output tensor empty; numpy 1.26 works. Its Python package pins numpy < 2 too.
 # pip then reports the wheel's unmet requirements (pyzmq, tritonclient, ...): expected, they are
 # for its own Python package, which the server does not use.
 set -euo pipefail

@@ -2,9 +2,10 @@
 
 The server runs from its own Python environment (a venv, made by ``tools/make_triton_env.sh``):
 the wheel installed with ``--no-deps`` (its own Python package is never used), ``numpy<2``, and
-the ONNX Runtime version of the project's environment. numpy < 2 because the wheel's Python
-backend stub reads numpy arrays with a pre-2.0 layout: under numpy 2 every output tensor
-arrives empty (``output tensor shape does not match size of output``). The project's own
+the ONNX Runtime version of the project's environment. numpy < 2 because with numpy 2 in the
+stub's environment every output tensor of a Python model arrives empty (``output tensor shape
+does not match size of output``; seen with the 0.7.0 wheel, whose stub predates numpy 2; numpy
+1.26 works). The project's own
 environment keeps its numpy 2.
 
 The wheel holds ``pytriton/tritonserver/`` (the server, the Python backend, one stub per Python
