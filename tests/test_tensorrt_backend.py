@@ -394,7 +394,7 @@ def test_foreign_or_tampered_plan_is_refused(monkeypatch, tmp_path) -> None:
 
 
 @pytest.mark.gpu
-def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
+def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, request) -> None:
     from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine, import_tensorrt
     from cxr_edge.gpu import device_info
 
@@ -403,6 +403,7 @@ def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
         device_info(0)
     except CxrEdgeError as exc:
         pytest.skip(str(exc))
+    tiny_onnx = request.getfixturevalue("tiny_onnx")  # only once TensorRT is known to be here
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
 
     plan = tmp_path / "engines" / "tiny-fp32.plan"
