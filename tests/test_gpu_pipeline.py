@@ -115,7 +115,9 @@ def assert_same_maps(got: Any, want: Any) -> None:
         assert scale > 0 and np.abs(g - w).max() <= REL_TOL * scale, (kind, float(np.abs(g - w).max()), scale)
     scale = float(np.abs(want.maps.raw).max())
     assert np.abs(got.maps.logits - want.maps.logits).max() <= REL_TOL * scale
-    np.testing.assert_allclose(got.maps.probabilities, want.maps.probabilities, rtol=0, atol=1e-5)
+    # Patch logits of PyTorch CUDA and ONNX Runtime CPU differ by ~1e-4 (float32, other order):
+    # a sigmoid moves a quarter of that at most.
+    np.testing.assert_allclose(got.maps.probabilities, want.maps.probabilities, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("steps", [8, 64])
