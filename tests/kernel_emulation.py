@@ -210,7 +210,7 @@ def emulate_postprocess(
 def separable_reference(
     logits: np.ndarray, steps: int, image_size: int, patch_size: int
 ) -> dict[str, np.ndarray]:
-    """SPEC.md's maps in float64 by direct sums, using only that the 2-D shift is separable:
+    """The maps of docs/model.md in float64 by direct sums, using only that the 2-D shift is separable:
     map[y, x] = (1/K) sum_i sum_j [y, x inside shift (i, j)] L_ij[row_i(y), col_j(x)] (times
     sigmoid(mean L_ij) for ``scaled``). Independent of the kernels' differences and of
     cxr_edge.postprocess; fast enough for S = 64 (O(S*S*G*N + S*N*N) per class)."""
