@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_emulation import emulate_overlay, emulate_postprocess, separable_reference
-from test_kernel_numerics import REL_TOL, structured_logits
+from kernel_emulation import (
+    REL_TOL,
+    emulate_overlay,
+    emulate_postprocess,
+    separable_reference,
+    structured_logits,
+)
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import SaliencyAccumulator, sigmoid, smooth_maps

@@ -11,34 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_emulation import emulate_overlay, emulate_postprocess, separable_reference
+from kernel_emulation import (
+    REL_TOL,
+    emulate_overlay,
+    emulate_postprocess,
+    separable_reference,
+    structured_logits,
+)
 from reference_math import reference_maps_from_logits
-
-from cxr_edge.tile import shift_offsets
 
 N, P = 512, 64
 G = N // P
-#: float32 carries 24 bits: a few ulps of the largest map value, relative.
-REL_TOL = 2e-6
-
-
-def structured_logits(
-    steps: int, offset: float, classes: int, seed: int, image_size: int = N, patch_size: int = P
-) -> np.ndarray:
-    """``(S*S*G*G, C) float32`` logits like a model's: offset + a smooth field of the patch's
-    position in the image (so shifted copies agree where they overlap) + noise."""
-    grid = image_size // patch_size
-    rng = np.random.default_rng(seed)
-    off = shift_offsets(steps, patch_size)
-    centre = (np.arange(grid)[None, :] * patch_size + off[:, None] + patch_size / 2) / image_size  # (S, G)
-    y = centre[:, None, :, None]
-    x = centre[None, :, None, :]
-    out = np.empty((steps, steps, grid, grid, classes))
-    for c in range(classes):
-        amplitude, phase = rng.uniform(1.0, 4.0), rng.uniform(0.0, 6.0)
-        out[..., c] = offset + amplitude * np.sin(5 * y + phase) * np.cos(4 * x)
-    out += 0.5 * rng.standard_normal(out.shape)
-    return out.reshape(-1, classes).astype(np.float32)
 
 
 def max_error(got: np.ndarray, want: np.ndarray) -> float:
