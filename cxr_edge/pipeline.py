@@ -215,9 +215,9 @@ class CxrEdge:
         self._accumulators: Pool[int, Accumulator] = Pool(
             lambda steps: self._accumulator(steps, md.image_size, md.patch_size, md.num_classes), _close
         )
-        factory = device_image if device_image is not None else _default_device_image(backend)
-        if not tile_on_device:
-            factory = None
+        factory = None
+        if tile_on_device:
+            factory = device_image if device_image is not None else _default_device_image(backend)
         self._device_images: Pool[int, DeviceImage] | None = None
         if factory is not None and isinstance(backend, DeviceBackend):
             if backend.chunk_patches < per_shift:
