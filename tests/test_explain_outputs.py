@@ -12,15 +12,19 @@ from typer.testing import CliRunner
 
 from cxr_edge.assets import sample_image_path
 from cxr_edge.cli import app
+from cxr_edge.explain.decisive import decisive_patches
+from cxr_edge.explain.rationale import rationale
+from cxr_edge.explain.shortcuts import shortcut_warnings
 from cxr_edge.pipeline import CxrEdge
 from cxr_edge.preprocess import CropBox
 from cxr_edge.render import (
     OUTLINE_RGB,
-    draw_footer,
-    draw_legend,
     draw_patch_outlines,
+    explanation_lines,
+    finding_frame,
+    finding_image,
     finding_overlay,
-    overlay,
+    frame_overlay,
 )
 from cxr_edge.report import build_report, report_json
 
@@ -55,33 +59,26 @@ def test_patch_outlines_sit_on_the_patch_squares() -> None:
     assert np.array_equal(draw_patch_outlines(rgb.copy(), crop, [], grid=8), rgb)
 
 
-def test_footer_is_drawn_along_the_bottom() -> None:
-    rgb = np.full((400, 500, 3), 200, dtype=np.uint8)
-    out = draw_footer(rgb.copy(), ["Finding: probability 0.90 (threshold 0.50), positive. " * 3], ["warning"])
-    changed = np.argwhere(np.any(out != rgb, axis=2))
-    assert changed[:, 0].min() > 400 * 2 / 3  # bottom third only
-    assert changed[:, 1].min() == 0 and changed[:, 1].max() == 499  # a full-width band
-    assert np.any(out[..., 0].astype(int) - out[..., 2] > 120)  # the warning, in amber (antialiased)
-    tiny = np.full((12, 16, 3), 7, dtype=np.uint8)
-    assert np.array_equal(draw_footer(tiny.copy(), ["too long to fit anywhere"]), tiny)
-
-
-def test_finding_overlay_adds_outlines_and_footer_only(sample_prediction) -> None:  # type: ignore[no-untyped-def]
+def test_finding_overlay_adds_outlines_and_footer_lines_only(sample_prediction) -> None:  # type: ignore[no-untyped-def]
     pred = sample_prediction
     label = "Pleural Effusion"
+    plain_image, scale = finding_image(pred, label, explain=False)
+    image, _ = finding_image(pred, label)
+    # the image part differs only on the decisive patches' outlines (amber inside dark)
+    d = decisive_patches(pred, label)
+    outlines = draw_patch_outlines(plain_image.copy(), pred.crop, d.patches, pred.metadata.grid)
+    assert np.array_equal(image, outlines) and not np.array_equal(image, plain_image)
+    changed = np.any(image != plain_image, axis=2)
+    assert changed.mean() < 0.05
+    # the frame: the same strips plus the explanation lines in the footer
+    lines = explanation_lines(pred, label)
+    assert lines[0] == rationale(pred, label).text + " Decisive patches outlined in amber."
+    assert lines[1:] == [f"Warning: {w.message}" for w in shortcut_warnings(pred, [label])]
+    want = frame_overlay(image, finding_frame(pred, label, scale, lines))
+    assert np.array_equal(finding_overlay(pred, label), want)
     plain = finding_overlay(pred, label, explain=False)
-    value_map = pred.value_map(label, "scaled")
-    vmax = float(np.max(np.abs(value_map)))
-    want = overlay(pred.gray, value_map, pred.crop, vmax)
-    f = pred.finding(label)
-    draw_legend(want, f.label, f.probability, vmax, map_name="scaled", threshold=f.threshold)
-    assert np.array_equal(plain, want)  # explain=False: the overlay as before
-    explained = finding_overlay(pred, label)
-    differs = np.any(explained != plain, axis=2)
-    assert differs.any()
-    h = pred.gray.shape[0]
-    amber = np.all(explained == np.array(OUTLINE_RGB, np.uint8), axis=2)
-    assert amber[: h * 3 // 4].any()  # outlines in the image, above the footer
+    assert np.array_equal(plain, frame_overlay(plain_image, finding_frame(pred, label, scale)))
+    assert want.shape[0] > plain.shape[0]  # the footer strip
 
 
 def test_report_carries_the_explanations(sample_prediction) -> None:  # type: ignore[no-untyped-def]
@@ -131,3 +128,24 @@ def test_infer_progressive_writes_the_final_level(tmp_path: Path) -> None:
     mp, md = np.load(out_p / "sample_chest.maps.npz"), np.load(out_d / "sample_chest.maps.npz")
     assert int(mp["steps"]) == 4
     assert np.abs(mp["scaled"] - md["scaled"]).max() <= 1e-4 * np.abs(md["scaled"]).max()
+
+
+def test_progressive_table_is_redrawn_in_place_on_a_terminal(sample_prediction) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from rich.console import Console
+
+    from cxr_edge.commands.infer import LevelDisplay
+    from cxr_edge.outputs import ImageResult
+
+    buf = io.StringIO()
+    display = LevelDisplay(Console(file=buf, force_terminal=True, width=120), "scaled", 2)
+    edge = CxrEdge.load()
+    for pred in edge.predict_progressive(sample_image_path(), steps=2):
+        display.level(ImageResult(pred, {}, ("Pleural Effusion",), ()))
+    assert display.done() and not display.done()
+    text = buf.getvalue()
+    assert "S=1 of 2" in text and "S=2 of 2" in text and "\x1b[" in text  # cursor moves: one table, redrawn
+    quiet = LevelDisplay(Console(file=io.StringIO(), force_terminal=False), "scaled", 2)
+    quiet.level(ImageResult(sample_prediction, {}, (), ()))
+    assert not quiet.done()

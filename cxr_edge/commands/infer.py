@@ -1,22 +1,29 @@
 """``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps.
 
-Option parsing, one library call per image (``cxr_edge.outputs.infer_to_files``) and printing.
+Option parsing, one library call for the batch (``cxr_edge.batch.run_batch``, which owns the
+output folder, the per-image result sets and the index) and printing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr_edge.commands.common import EXIT_BAD_INPUT, EXIT_PARTIAL, one_line_errors, print_error
+from cxr_edge.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_PARTIAL,
+    one_line_errors,
+    print_error,
+    print_warning,
+    printable,
+)
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from rich.console import Console
+    from rich.live import Live
     from rich.table import Table
 
     from cxr_edge.metadata import ModelMetadata
@@ -40,19 +47,25 @@ def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...]
 def findings_table(
     prediction: Prediction, shown: tuple[str, ...], map_kind: str = "scaled", of_steps: int | None = None
 ) -> Table:
-    """A rich table of all findings; rows with an overlay are marked. ``decisive``: how many
-    patches reverse the call (``cxr_edge.explain.decisive``). The caption holds the rationale
-    of each shown finding and any shortcut warning. of_steps: the final S of a progressive run."""
+    """A rich table of all findings; rows with an overlay are marked. The title names the image
+    and the model (file, variant, short sha256); the caption carries the NOT FOR CLINICAL USE
+    banner when the model's intended use is not clinical, as the overlays do, then the rationale
+    of each shown finding and any shortcut warning (``cxr_edge.explain``). ``decisive``: how many
+    patches reverse the call. of_steps: the final S of a progressive run."""
     from rich.markup import escape
     from rich.table import Table
 
     from cxr_edge.explain.decisive import decisive_patches
     from cxr_edge.explain.rationale import rationale
     from cxr_edge.explain.shortcuts import shortcut_warnings
+    from cxr_edge.render import clinical_use_banner, model_identity
 
     level = f"S={prediction.steps}" + (f" of {of_steps}" if of_steps is not None else "")
-    title = escape(f"{prediction.image or 'image'}  ({level}, {prediction.backend})")
-    caption = [escape(rationale(prediction, label, map_kind).text) for label in shown]
+    head = printable(f"{prediction.image or 'image'}  ({level}, {prediction.backend})")
+    title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
+    banner = clinical_use_banner(prediction)
+    caption = [f"[bold red]{escape(banner)}[/]"] if banner else []
+    caption += [escape(rationale(prediction, label, map_kind).text) for label in shown]
     caption += [
         f"[bold yellow]warning:[/] {escape(w.message)}"
         for w in shortcut_warnings(prediction, list(shown), map_kind)
@@ -79,25 +92,32 @@ def findings_table(
     return table
 
 
-def show_levels(levels: Iterator[ImageResult], console: Console, map_kind: str, steps: int) -> ImageResult:
-    """Consume a progressive run's results, redrawing the findings table in place per level on
-    a terminal (elsewhere, e.g. a log file, only the last table is printed); returns the last
-    result (S = ``steps``)."""
-    from rich.live import Live
+class LevelDisplay:
+    """The findings table of a progressive run, redrawn in place per level on a terminal
+    (elsewhere, e.g. a log file, nothing until the image is done)."""
 
-    last: ImageResult | None = None
-    if console.is_terminal:
-        with Live(console=console, auto_refresh=False) as live:
-            for last in levels:
-                live.update(findings_table(last.prediction, last.shown, map_kind, steps), refresh=True)
-    else:
-        for last in levels:
-            pass
-        if last is not None:
-            console.print(findings_table(last.prediction, last.shown, map_kind, steps))
-    if last is None:
-        raise CxrEdgeError(None, "the progressive run produced no level")
-    return last
+    def __init__(self, console: Console, map_kind: str, steps: int) -> None:
+        self.console, self.map_kind, self.steps = console, map_kind, steps
+        self._live: Live | None = None
+
+    def level(self, result: ImageResult) -> None:
+        if not self.console.is_terminal:
+            return
+        from rich.live import Live
+
+        table = findings_table(result.prediction, result.shown, self.map_kind, self.steps)
+        if self._live is None:
+            self._live = Live(table, console=self.console, auto_refresh=False)
+            self._live.start()
+        self._live.update(table, refresh=True)
+
+    def done(self) -> bool:
+        """End the image's live table; True if one was shown (then the final table is on screen)."""
+        live, self._live = self._live, None
+        if live is None:
+            return False
+        live.stop()
+        return True
 
 
 def register(app: typer.Typer) -> None:
@@ -150,87 +170,140 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")
+            int | None,
+            typer.Option("--threads", min=1, help="CPU threads, 1 .. the cores available (default: all)."),
         ] = None,
         allow_non_chest: Annotated[
             bool,
             typer.Option(
                 "--allow-non-chest",
-                help="Process files whose header says they are not a frontal chest X-ray.",
+                help="Process files that look like no frontal chest X-ray: a DICOM header saying so, "
+                "or PNG/JPEG pixels with a CT slice's tones.",
             ),
         ] = False,
+        center: Annotated[
+            str,
+            typer.Option(
+                "--center",
+                help="Neutral (white) point of the overlay colours: 'threshold' (the model's decision "
+                "threshold: red pushes toward calling the finding) or 'zero' (logit 0, the paper's display).",
+            ),
+        ] = "threshold",
+        max_megapixels: Annotated[
+            float,
+            typer.Option(
+                "--max-megapixels",
+                help="Input budget: refuse files whose header declares more pixels (and files over "
+                "4 bytes per budgeted pixel), before decoding.",
+            ),
+        ] = 100.0,
+        server: Annotated[
+            str | None,
+            typer.Option(
+                "--server",
+                metavar="URL",
+                help="Run the model on a Triton server (grpc://HOST:8001 or http://HOST:8000) holding a "
+                "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
+            ),
+        ] = None,
         progressive: Annotated[
             bool,
             typer.Option(
                 "--progressive",
-                help="Refine the maps at S = 1, 2, 4, ... up to --steps, refreshing the table and result "
-                "files after each level (every shifted copy still runs once; the S=1 result comes first).",
+                help="Refine the maps at S = 1, 2, 4, ... up to --steps, redrawing the table and rewriting "
+                "the result files after each level (every shifted copy still runs once; S=1 comes first).",
             ),
         ] = False,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
-        Prints a findings table per image and writes OUT/<stem>.json. Exit code 0: all images
-        done; 1: some failed (each named on stderr); 2: all failed or bad usage.
+        Prints a findings table per image, writes OUT/<stem>.json (plus overlays and maps) per
+        image, all or nothing, and OUT/index.csv listing every input with its status and files.
+        Exit code 0: all images done; 1: some failed (each named on stderr); 2: all failed, the
+        model failed, or bad usage.
         """
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from cxr_edge.io.files import expand_inputs
-        from cxr_edge.outputs import OutputOptions, infer_progressive_to_files, infer_to_files, output_stems
-        from cxr_edge.pipeline import CxrEdge
+        from cxr_edge.batch import BatchItem, check_output_directory, run_batch
+        from cxr_edge.io.budget import InputBudget
+        from cxr_edge.outputs import OutputOptions
+        from cxr_edge.pipeline import CxrEdge, Predictor
         from cxr_edge.postprocess import check_map_kind
+        from cxr_edge.render import check_center
         from cxr_edge.report import report_json
         from cxr_edge.tile import check_steps
 
         with one_line_errors():
             check_steps(steps)
             check_map_kind(map_kind, "--map")  # usage errors before the model is loaded
-            edge = CxrEdge.load(model, threads=threads)
+            check_center(center, "--center")
+            budget = InputBudget.megapixels(max_megapixels)
+            check_output_directory(out, inputs)  # a bad --out fails before any compute
+            edge: Predictor
+            if server is not None:
+                if model is not None or threads is not None:
+                    raise CxrEdgeError(None, "--server runs the server's model: drop --model and --threads")
+                if progressive:
+                    raise CxrEdgeError(None, "--progressive needs the model in this process: drop --server")
+                from cxr_edge.triton.client import TritonCxrEdge
+
+                edge = TritonCxrEdge(server)
+            else:
+                edge = CxrEdge.load(model, threads=threads)
+            edge.input_budget = budget
             options = OutputOptions(
-                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps
+                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center
             )
-        files = expand_inputs(inputs)
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)
-        reports: list[dict[str, Any]] = []
-        failed = 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        # one_line_errors here only turns Ctrl-C into "error: interrupted" and exit 130.
-        # A progressive run shows its own live table instead of the progress bar.
+        levels = LevelDisplay(console, map_kind, steps)
+        # A progressive run redraws its table live instead of showing the progress bar.
         bar = Progress(*columns, console=console, transient=True, disable=progressive)
+        # Here one_line_errors catches a busy output folder and Ctrl-C ("error: interrupted", 130).
         with one_line_errors(), bar as progress:
-            task = progress.add_task("infer", total=len(files))
-            for path, stem in zip(files, output_stems(files)):
-                progress.update(task, description=path.name)
-                try:
-                    if progressive:
-                        levels = infer_progressive_to_files(edge, path, stem, options, steps, allow_non_chest)
-                        result = show_levels(levels, console, map_kind, steps)
-                    else:
-                        result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                    if isinstance(exc, CxrEdgeError):
-                        message = str(exc) if exc.path else f"{path}: {exc.problem}"
-                    else:
-                        message = f"{path}: {type(exc).__name__}: {exc}"
-                    message = " ".join(message.split("\n"))  # one line, whatever the source
-                    failed += 1
-                    reports.append({"image": str(path), "error": message})
-                    print_error(message)
+            task = progress.add_task("infer", total=None)
+
+            def started(files: object) -> None:
+                progress.update(task, total=len(files))  # type: ignore[arg-type]
+
+            def done(item: BatchItem) -> None:
+                shown_live = levels.done()
+                if item.result is None:
+                    print_error(item.error or f"{item.input}: failed")
                 else:
-                    reports.append(result.report)
-                    if not progressive:
-                        progress.console.print(findings_table(result.prediction, result.shown, map_kind))
-                    warning = result.prediction.info.get("scope_warning")
+                    if not shown_live:
+                        of_steps = steps if progressive else None
+                        table = findings_table(item.result.prediction, item.result.shown, map_kind, of_steps)
+                        progress.console.print(table)
+                    warning = item.result.prediction.info.get("scope_warning")
                     if warning:
-                        typer.echo(f"warning: {path}: {warning}", err=True)
+                        print_warning(f"{item.input}: {warning}")
                 progress.advance(task)
+
+            summary = run_batch(
+                edge,
+                inputs,
+                options,
+                steps,
+                allow_non_chest,
+                on_item=done,
+                on_start=started,
+                progressive=progressive,
+                on_level=levels.level,
+            )
         if as_json:
+            reports = [
+                item.result.report
+                if item.result
+                else {"image": str(item.input), "status": item.status, "error": item.error}
+                for item in summary.items
+            ]
             typer.echo(report_json(reports), nl=False)
+        typer.echo(printable(f"infer: {summary.line()}"), err=True)
+        failed = summary.count("failed") + summary.count("not run")
+        if summary.stopped:  # the item's error line says why; the summary line says what was not run
+            raise typer.Exit(EXIT_BAD_INPUT)
         if failed:
-            if failed == len(files):
-                print_error(f"all {len(files)} input(s) failed")
-                raise typer.Exit(EXIT_BAD_INPUT)
-            print_error(f"{failed} of {len(files)} input(s) failed")
-            raise typer.Exit(EXIT_PARTIAL)
+            raise typer.Exit(EXIT_BAD_INPUT if failed == len(summary.items) else EXIT_PARTIAL)

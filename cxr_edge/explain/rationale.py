@@ -7,11 +7,12 @@ Template (fixed wording, filled with numbers computed elsewhere)::
 
 with the variants "negative ... <k> of <G*G> patches hold it below the threshold", "(no
 decision threshold) ... <k> of <G*G> patches carry it above / keep it below probability 0.50",
-"its map shows no positive (red) evidence" and "every patch is at or above the threshold, so no
-set of patches reverses the call". ``k``: ``cxr_edge.explain.decisive`` (relative to the
-threshold, as the decision is); the evidence and its zone: the map (relative to logit 0, as
-the overlay's colours are), so a weak positive call can rest on patches drawn blue. The zone: of six zones, sides
-(right, left: the frame's halves) x thirds (upper, middle, lower) of each side's lung field
+"its map has no positive values (no evidence above logit 0)" and "every patch is at or above
+the threshold, so no set of patches reverses the call". ``k``: ``cxr_edge.explain.decisive``
+(relative to the threshold, as the decision is); the evidence and its zone: the map's positive
+values (relative to logit 0, ``cxr_edge.explain.evidence``, as ``report.evidence_summary``
+counts them), so a weak positive call can rest on patches whose logits are below 0. The zone:
+of six zones, sides (right, left: the frame's halves) x thirds (upper, middle, lower) of each side's lung field
 (``cxr_edge.explain.body``; the whole frame when none is found), the one holding the largest
 share of the finding's evidence (``cxr_edge.explain.evidence``: the positive part of its map).
 
@@ -177,7 +178,7 @@ def rationale(prediction: Prediction, label: str, map_kind: str = "scaled") -> R
         head += " (no decision threshold)."
     zone = share = None
     if shares is None:
-        where = "Its map shows no positive (red) evidence"
+        where = "Its map has no positive values (no evidence above logit 0)"
     else:
         zone = max(shares, key=lambda z: shares[z])
         share = shares[zone]
