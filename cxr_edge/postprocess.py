@@ -4,6 +4,7 @@ For every shift ``(dr, dc)`` the patch-logit map (each patch value over its P x 
 shifted back (``map[y, x] = patchmap[y - dr, x - dc]``, zero outside) and the S*S maps are
 averaged. ``raw`` averages the patch logits; ``scaled`` averages patch logit x sigmoid(image logit
 of that same shifted copy). Image logits reported are those of the unshifted (0, 0) copy.
+The definitions: docs/model.md, "Raw and scaled patch maps" and "Shift averaging".
 
 Algorithm, cost O(patches*C + pixels*C) instead of O(S*S*pixels*C): a shifted patch map is
 piecewise constant, so its 2-D difference is non-zero only at the (G+1)^2 corners

@@ -1,7 +1,7 @@
 """Tiling: cut every shifted copy of the model-frame image into its patches, in one fixed order.
 
-Shift offsets (SPEC.md): ``round(P*k/S)`` for k in 0..S-1, wrapped into ``[-P/2, P/2)`` and
-sorted (P = patch_size, S = steps). All S*S pairs ``(dr, dc)`` are used.
+Shift offsets (docs/model.md, "Shift averaging"): ``round(P*k/S)`` for k in 0..S-1, wrapped
+into ``[-P/2, P/2)`` and sorted (P = patch_size, S = steps). All S*S pairs ``(dr, dc)`` are used.
 
 Order, shared by every backend and postprocess (including the CUDA kernels):
 
