@@ -518,3 +518,28 @@ def test_eval_protocol_options_bad_input(tiny_onnx: Path, tmp_path: Path, args, 
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not out.exists()
+
+
+def test_eval_scores_the_public_codes_scaled_map_by_name(tiny_onnx: Path):
+    """``scaled-published`` is the public code's batched scaled map of the very patch logits the
+    run produced (recomputed here from a direct backend run); at S = 1 it is the scaled map."""
+    from cxr_edge.evaluate.maps import MapSource
+    from cxr_edge.phantoms import render_phantom
+    from cxr_edge.pipeline import CxrEdge
+    from cxr_edge.postprocess_published import published_scaled_map
+    from cxr_edge.tile import iter_patch_batches
+
+    edge = CxrEdge.load(tiny_onnx, threads=1)
+    md = edge.metadata
+    image = render_phantom(3, size=128).image
+    two = MapSource(edge, 2, ("scaled", "scaled-published"))(image)
+    model_input = edge.prepare(image).model_input
+    logits = np.concatenate(
+        [edge.backend.run(b.patches) for b in iter_patch_batches(model_input, 2, md.patch_size, 256)]
+    )
+    grid = md.image_size // md.patch_size
+    expected = published_scaled_map(logits.reshape(4, grid * grid, -1), 2, md.image_size, md.patch_size)
+    assert np.allclose(two.maps["scaled-published"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(two.maps["scaled-published"], two.maps["scaled"], rtol=1e-3)  # the batching shows
+    one = MapSource(edge, 1, ("scaled", "scaled-published"))(image)
+    assert np.allclose(one.maps["scaled-published"], one.maps["scaled"], rtol=1e-5, atol=1e-6)

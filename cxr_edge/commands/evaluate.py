@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
         from cxr_edge.evaluate.bootstrap import MIN_REPLICATES
         from cxr_edge.evaluate.datasets import open_dataset, open_split
         from cxr_edge.evaluate.loop import evaluate_model
-        from cxr_edge.evaluate.maps import PUBLISHED_SCALED, check_published_available, parse_map_kinds
+        from cxr_edge.evaluate.maps import parse_map_kinds
         from cxr_edge.evaluate.plots import check_plots_available, write_plots
         from cxr_edge.evaluate.protocols import parse_protocols
         from cxr_edge.evaluate.protocols.base import parse_threshold_rule
@@ -206,8 +206,6 @@ def register(app: typer.Typer) -> None:
         with one_line_errors():
             check_steps(steps)
             kinds = parse_map_kinds(map_kind)
-            if PUBLISHED_SCALED in kinds:
-                check_published_available()
             names = parse_protocols(protocol)
             rule = None if iou_threshold is None else parse_threshold_rule(iou_threshold)
             if bootstrap and bootstrap < MIN_REPLICATES:

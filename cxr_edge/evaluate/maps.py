@@ -3,15 +3,15 @@
 - ``raw``, ``scaled``: the pipeline's maps (``postprocess.MAP_KINDS``; ``scaled`` is the
   definition: each shifted copy's patch logits x sigmoid of that copy's own image logit).
 - ``scaled-published``: the scaled map as the public MedicalPatchNet code computes it (its
-  DataLoader batches of 4 mix copies up; ``cxr_edge.postprocess_published``), only to compare
-  with the paper's "Scaled" figures. Built from the same run's patch logits, recorded on the way.
+  DataLoader batches of 4 mix copies up; ``postprocess_published.published_scaled_map``), only
+  to compare with the paper's "Scaled" figures. Built from the same run's patch logits, recorded
+  on the way (``PatchLogitRecorder``); ``infer`` never uses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import MAP_KINDS, SaliencyAccumulator
+from cxr_edge.postprocess_published import published_scaled_map
 from cxr_edge.preprocess import CropBox
 from cxr_edge.tile import shift_offsets
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 PUBLISHED_SCALED = "scaled-published"
 #: Every map kind ``eval`` can score.
 EVAL_MAP_KINDS: tuple[str, ...] = (*MAP_KINDS, PUBLISHED_SCALED)
-#: The module that implements the public code's scaled map.
-PUBLISHED_MODULE = "cxr_edge.postprocess_published"
 
 
 def parse_map_kinds(text: str) -> tuple[str, ...]:
@@ -45,16 +44,6 @@ def parse_map_kinds(text: str) -> tuple[str, ...]:
             None, f"--map must be both, all or a list of {', '.join(EVAL_MAP_KINDS)}, got {text!r}"
         )
     return tuple(k for k in EVAL_MAP_KINDS if k in names)
-
-
-def check_published_available() -> None:
-    """CxrEdgeError unless the public code's scaled map is implemented in this install."""
-    if find_spec(PUBLISHED_MODULE) is None:
-        raise CxrEdgeError(
-            None,
-            f"map {PUBLISHED_SCALED!r} is not available yet: {PUBLISHED_MODULE} (the public code's "
-            "batched scaled map, issue 17 item 5) is not in this version of cxr-edge",
-        )
 
 
 @dataclass(frozen=True)
@@ -110,7 +99,6 @@ class MapSource:
         self._recorder: PatchLogitRecorder | None = None
         self.edge = edge
         if PUBLISHED_SCALED in self.kinds:
-            check_published_available()
             from cxr_edge.pipeline import CxrEdge
 
             self._recorder = PatchLogitRecorder()
@@ -122,10 +110,8 @@ class MapSource:
         pred = self.edge.predict(image, steps=self.steps)
         maps: dict[str, np.ndarray] = {k: pred.maps.map(k) for k in self.kinds if k in MAP_KINDS}
         if self._recorder is not None and self._recorder.last is not None:
-            from cxr_edge import postprocess_published  # type: ignore[attr-defined]
-
             md = self.edge.metadata
-            maps[PUBLISHED_SCALED] = postprocess_published.published_scaled_map(
+            maps[PUBLISHED_SCALED] = published_scaled_map(
                 self._recorder.last.by_copy, self.steps, md.image_size, md.patch_size
             )
         return ImageMaps(pred.maps.probabilities, maps, pred.crop, pred.original_shape)
