@@ -23,13 +23,15 @@ class Case:
 
     ``image``: a path or an ``(h, w) uint8`` array; ``targets``: ``{label: 0 | 1}`` for the labels
     this case is annotated for (labels absent here are not scored); ``masks``: ``{label: (h, w)
-    bool}`` in original-image pixels for positives with localization ground truth.
+    bool}`` in original-image pixels for positives with localization ground truth (the union of
+    their boxes or masks); ``unmapped``: dataset finding names the label table does not know.
     """
 
     name: str
     image: str | Path | np.ndarray
     targets: dict[str, int]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    unmapped: tuple[str, ...] = ()
 
 
 def phantom_cases(count: int, seed: int = 0, size: int = 512, vary_shape: bool = False) -> Iterator[Case]:
@@ -42,24 +44,75 @@ def phantom_cases(count: int, seed: int = 0, size: int = 512, vary_shape: bool =
         yield Case(name=f"phantom-{s}", image=p.image, targets=dict(p.labels), masks=masks)
 
 
-#: ChestX-ray14 / TBX11K finding names -> CheXpert labels (only clear correspondences).
-NIH_TO_CHEXPERT: dict[str, str] = {
-    "Cardiomegaly": "Cardiomegaly",
-    "Nodule": "Lung Lesion",
-    "Mass": "Lung Lesion",
-    "Effusion": "Pleural Effusion",
-    "Pneumothorax": "Pneumothorax",
-    "Pneumonia": "Pneumonia",
-    "Consolidation": "Consolidation",
-    "Edema": "Edema",
-    "Atelectasis": "Atelectasis",
-    "Infiltrate": "Lung Opacity",
-    "Infiltration": "Lung Opacity",
-    "ActiveTuberculosis": "Lung Opacity",
-    "ObsoletePulmonaryTuberculosis": "Lung Opacity",
-    "PulmonaryTuberculosis": "Lung Opacity",
-    "Tuberculosis": "Lung Opacity",
+#: The one table from dataset finding names to the CheXpert labels they make positive.
+#:
+#: Vocabularies: ChestX-ray14 (NIH, incl. its box file's "Infiltrate"), TBX11K, and the
+#: diagnosis labels of pneumonia collections (covid-chestxray-dataset: "Pneumonia/Viral/
+#: COVID-19"; MHH-like exports: "COVID-19;Pneumonia"). A finding also makes positive what it
+#: implies in CheXpert's label hierarchy (Irvin et al. 2019): Lung Opacity is the parent of
+#: Lung Lesion, Edema, Consolidation, Pneumonia and Atelectasis. An empty tuple: a known finding
+#: with no CheXpert counterpart (it makes nothing positive; the image's other labels stay
+#: negative). A finding missing from the table is *unmapped*: it is reported, and the image is
+#: not scored for the labels it might imply (all but its mapped positives). A model label that
+#: no entry names (e.g. Support Devices, Fracture for ChestX-ray14) is not annotated by these
+#: datasets and is not scored at all.
+DATASET_TO_CHEXPERT: dict[str, tuple[str, ...]] = {
+    "Cardiomegaly": ("Cardiomegaly",),
+    "Nodule": ("Lung Lesion", "Lung Opacity"),
+    "Mass": ("Lung Lesion", "Lung Opacity"),
+    "Effusion": ("Pleural Effusion",),
+    "Pneumothorax": ("Pneumothorax",),
+    "Pneumonia": ("Pneumonia", "Lung Opacity"),
+    "Consolidation": ("Consolidation", "Lung Opacity"),
+    "Edema": ("Edema", "Lung Opacity"),
+    "Atelectasis": ("Atelectasis", "Lung Opacity"),
+    "Infiltrate": ("Lung Opacity",),
+    "Infiltration": ("Lung Opacity",),
+    "Pleural_Thickening": ("Pleural Other",),
+    "Emphysema": (),
+    "Hernia": (),
+    "ActiveTuberculosis": ("Lung Opacity",),
+    "ObsoletePulmonaryTuberculosis": ("Lung Opacity",),
+    "PulmonaryTuberculosis": ("Lung Opacity",),
+    "Tuberculosis": ("Lung Opacity",),
+    "COVID-19": ("Pneumonia", "Lung Opacity"),
+    "Pneumocystis": ("Pneumonia", "Lung Opacity"),
+    "Streptococcus": ("Pneumonia", "Lung Opacity"),
 }
+#: Labels of images without findings.
+NO_FINDING_NAMES = ("normal", "No Finding")
+#: CheXpert labels some dataset finding names (the labels these datasets can annotate).
+ANNOTATED_LABELS: frozenset[str] = frozenset(
+    label for labels in DATASET_TO_CHEXPERT.values() for label in labels
+)
+
+
+@dataclass(frozen=True)
+class MappedFindings:
+    """One image's findings through ``DATASET_TO_CHEXPERT`` for a model's labels.
+
+    targets: ``{label: 0 | 1}`` for the labels this image is scored on; unmapped: its finding
+    names missing from the table.
+    """
+
+    targets: dict[str, int]
+    unmapped: tuple[str, ...]
+
+
+def map_findings(findings: Sequence[str], labels: Sequence[str]) -> MappedFindings:
+    """Targets of the model ``labels`` for an image with dataset ``findings`` (``NO_FINDING_NAMES``
+    for none). Positive: some finding maps to the label. Negative: the label is one the datasets
+    annotate (``ANNOTATED_LABELS``) and every finding is in the table. Otherwise not scored."""
+    names = [f for f in findings if f not in NO_FINDING_NAMES]
+    unmapped = tuple(f for f in names if f not in DATASET_TO_CHEXPERT)
+    positive = {label for f in names for label in DATASET_TO_CHEXPERT.get(f, ())}
+    targets: dict[str, int] = {}
+    for label in labels:
+        if label in positive:
+            targets[label] = 1
+        elif label in ANNOTATED_LABELS and not unmapped:
+            targets[label] = 0
+    return MappedFindings(targets, unmapped)
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -92,8 +145,9 @@ def folder_cases(root: str | Path, labels: Sequence[str]) -> list[Case]:
     2. The shared developer set: ``MANIFEST.csv`` (``file``, ``view``, ``labels`` with
        ChestX-ray14 names joined by ``;``, ``normal``/``unknown``/``out_of_scope``) plus
        ``annotations/nih14_bbox.csv`` and ``annotations/tbx11k_bbox.json`` boxes. Only frontal
-       images with known labels are used; findings map to CheXpert via ``NIH_TO_CHEXPERT``, and
-       a label counts as negative where the image's label list does not mention it.
+       images with known labels are used; findings map to CheXpert labels through
+       ``DATASET_TO_CHEXPERT`` (``map_findings``: unmapped findings are reported in
+       ``EvalDataset.description``, never read as negatives).
     """
     root = Path(root)
     if not root.is_dir():
@@ -193,18 +247,26 @@ def _manifest_cases(root: Path, labels: Sequence[str]) -> list[Case]:
         findings = _split_findings(row.get("labels", ""))
         if not findings or findings[0] in ("unknown", "out_of_scope"):
             continue
-        mapped = {NIH_TO_CHEXPERT.get(f) for f in findings} - {None}
-        targets = {label: int(label in mapped) for label in labels}
         path = root / row["file"]
+        image_boxes = boxes.get(path.name, [])
+        # a box names a finding too (the box list is not always in the image's label list)
+        mapped = map_findings([*findings, *(f for f, _ in image_boxes if f not in findings)], labels)
+        targets = dict(mapped.targets)
         masks: dict[str, np.ndarray] = {}
-        for finding, box in boxes.get(path.name, []):
-            label = NIH_TO_CHEXPERT.get(finding)
-            if label in targets:
-                targets[label] = 1
-                b = _box_mask(_image_shape(path), *box)
-                masks[label] = masks[label] | b if label in masks else b
-        cases.append(Case(name=row["file"], image=path, targets=targets, masks=masks))
+        for finding, box in image_boxes:
+            for label in DATASET_TO_CHEXPERT.get(finding, ()):
+                if label in targets:
+                    b = _box_mask(_image_shape(path), *box)
+                    masks[label] = masks[label] | b if label in masks else b
+        cases.append(
+            Case(name=row["file"], image=path, targets=targets, masks=masks, unmapped=mapped.unmapped)
+        )
     return cases
+
+
+#: First seed of the demo model's validation phantoms (``tools/train_demo.py``: decision
+#: thresholds were chosen there; never trained on).
+VALIDATION_PHANTOM_SEED = 100_000
 
 
 @dataclass
@@ -234,15 +296,58 @@ def open_dataset(
             raise CxrEdgeError(None, f"--phantoms must be >= 1, got {phantoms}")
         if not set(PHANTOM_LABELS) & set(labels):
             raise CxrEdgeError(None, "the model predicts none of the phantom findings")
-        description = {
+        phantom_description: dict[str, object] = {
             "kind": "phantoms",
             "count": phantoms,
             "seeds": [seed, seed + phantoms - 1],
             "size": size,
         }
-        return EvalDataset(phantom_cases(phantoms, seed=seed, size=size), phantoms, description)
+        return EvalDataset(phantom_cases(phantoms, seed=seed, size=size), phantoms, phantom_description)
     assert data is not None
     cases = folder_cases(data, labels)
     if not cases:
         raise CxrEdgeError(data, "no usable images in the dataset")
-    return EvalDataset(cases, len(cases), {"kind": "folder", "path": str(data), "count": len(cases)})
+    description: dict[str, object] = {"kind": "folder", "path": str(data), "count": len(cases)}
+    description.update(label_report(cases, labels))
+    return EvalDataset(cases, len(cases), description)
+
+
+def label_report(cases: Sequence[Case], labels: Sequence[str]) -> dict[str, object]:
+    """What the report says about the labels of ``cases``: per model label how many images are
+    scored (and positive), labels no image is scored on, and the unmapped finding names with
+    their image counts."""
+    unmapped: dict[str, int] = {}
+    for case in cases:
+        for name in set(case.unmapped):
+            unmapped[name] = unmapped.get(name, 0) + 1
+    scored = {
+        label: {
+            "images": sum(label in c.targets for c in cases),
+            "positive": sum(c.targets.get(label, 0) for c in cases),
+        }
+        for label in labels
+    }
+    return {
+        "label_table": "cxr_edge.evaluate.datasets.DATASET_TO_CHEXPERT",
+        "labels_scored": {k: v for k, v in scored.items() if v["images"]},
+        "labels_not_annotated": [k for k, v in scored.items() if not v["images"]],
+        "unmapped_findings": dict(sorted(unmapped.items())),
+    }
+
+
+def open_split(spec: str, labels: Sequence[str], size: int = 512) -> EvalDataset:
+    """A split named on the command line: ``phantoms:N`` or ``phantoms:N:SEED`` (default seed
+    100000, the demo model's validation phantoms), or a dataset folder (``folder_cases``)."""
+    if spec.startswith("phantoms:"):
+        parts = spec.split(":")[1:]
+        try:
+            count = int(parts[0])
+            seed = int(parts[1]) if len(parts) > 1 else VALIDATION_PHANTOM_SEED
+        except (ValueError, IndexError):
+            raise CxrEdgeError(
+                None, f"a phantom split is phantoms:N or phantoms:N:SEED, got {spec!r}"
+            ) from None
+        if len(parts) > 2:
+            raise CxrEdgeError(None, f"a phantom split is phantoms:N or phantoms:N:SEED, got {spec!r}")
+        return open_dataset(labels, phantoms=count, seed=seed, size=size)
+    return open_dataset(labels, data=Path(spec))

@@ -1,28 +1,19 @@
-"""Classification and localization metrics (definitions only; the loop is ``evaluate.loop``).
+"""Classification metrics (definitions only; the loop is ``evaluate.loop``; localization lives in
+``evaluate.protocols``).
 
-Classification (per class): AUROC (Mann-Whitney form, ties count one half), and at a decision
-threshold on the probability: sensitivity, specificity, accuracy.
-
-Localization, as CheXlocalize does it, on saliency maps in the model frame
-(``(H, W) float32``, H = W = image_size) against ground-truth masks brought into that frame:
-
-- hit rate ("pointing game"): over ground-truth-positive images, the fraction whose map maximum
-  lies inside the ground-truth region;
-- mIoU: the map is thresholded into a predicted region (pixels >= ``fraction`` x the map's
-  positive maximum; empty when the classifier calls the image negative or the map has no
-  positive value), and IoU with the ground truth is averaged over true positives, false
-  positives (prediction vs. empty truth: IoU 0) and false negatives (IoU 0); true negatives
-  are left out since IoU is undefined there.
+Per class: AUROC (Mann-Whitney form, ties count one half) and its ROC curve; at a decision
+threshold on the probability: sensitivity, specificity, accuracy; calibration: reliability bins
+and the expected calibration error (ECE).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from cxr_edge.postprocess import map_peak
+#: Equal-width probability bins of the reliability diagram and the ECE.
+CALIBRATION_BINS = 10
 
 
 def auroc(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -106,84 +97,75 @@ def youden_threshold(targets: np.ndarray, probabilities: np.ndarray) -> float:
     return best_t
 
 
-def map_hit(value_map: np.ndarray, truth: np.ndarray) -> bool:
-    """True when the maximum of ``value_map (H, W)`` (``map_peak``) lies in ``truth (H, W) bool``."""
-    return bool(truth[map_peak(value_map)])
+def roc_curve(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve of ``scores`` for 0/1 ``targets`` (both ``(N,)``): ``(fpr, tpr, thresholds)``.
 
-
-def threshold_map(value_map: np.ndarray, fraction: float = 0.5) -> np.ndarray:
-    """``(H, W) bool``: pixels >= fraction x the map's maximum; empty when the maximum is <= 0."""
-    peak = float(np.max(value_map))
-    if not peak > 0:
-        return np.zeros(value_map.shape, bool)
-    return value_map >= fraction * peak
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks; 1.0 when both are empty."""
-    union = int(np.logical_or(a, b).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(a, b).sum()) / union
-
-
-def mask_to_model_frame(mask: np.ndarray, crop: tuple[int, int, int], image_size: int) -> np.ndarray:
-    """Bring an original-frame mask ``(h, w) bool`` into the model frame ``(S, S) bool``.
-
-    ``crop`` = (top, left, side) of the centre square; the crop is area-resized and a model pixel
-    belongs to the region when at least half of it is covered. Regions that would vanish
-    (smaller than one model pixel) keep their most covered pixel.
+    One point per distinct score, calling "positive" every score >= that threshold, from the
+    highest threshold down, plus the origin (threshold +inf). Trapezoids under it sum to
+    ``auroc`` (a run of tied scores is one diagonal step, worth one half). Needs both classes.
     """
-    top, left, side = crop
-    sub = mask[top : top + side, left : left + side].astype(np.float32)
-    if sub.shape != (side, side):
-        padded = np.zeros((side, side), np.float32)
-        padded[: sub.shape[0], : sub.shape[1]] = sub
-        sub = padded
-    cover = (
-        sub if side == image_size else cv2.resize(sub, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    )
-    out = cover >= 0.5
-    if not out.any() and cover.max() > 0:
-        out.ravel()[int(np.argmax(cover))] = True
+    y = np.asarray(targets).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("a ROC curve needs positives and negatives")
+    levels, inverse = np.unique(s, return_inverse=True)
+    pos = np.bincount(inverse, weights=y, minlength=levels.size)[::-1]
+    neg = np.bincount(inverse, weights=~y, minlength=levels.size)[::-1]
+    tpr = np.concatenate([[0.0], np.cumsum(pos) / n_pos])
+    fpr = np.concatenate([[0.0], np.cumsum(neg) / n_neg])
+    return fpr, tpr, np.concatenate([[np.inf], levels[::-1]])
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    """Cases whose probability lies in ``[lower, upper)`` (the last bin includes 1): how many,
+    their mean probability and the fraction that are positive (NaN for an empty bin)."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_probability: float
+    positive_fraction: float
+
+
+def reliability_bins(
+    targets: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
+) -> list[ReliabilityBin]:
+    """``bins`` equal-width probability bins over [0, 1] (the reliability diagram's data)."""
+    y = np.asarray(targets, dtype=np.float64).ravel()
+    p = np.asarray(probabilities, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"targets {y.shape} and probabilities {p.shape} differ in shape")
+    index = np.clip(np.floor(p * bins).astype(np.int64), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = index == b
+        n = int(sel.sum())
+        out.append(
+            ReliabilityBin(
+                lower=b / bins,
+                upper=(b + 1) / bins,
+                count=n,
+                mean_probability=float(p[sel].mean()) if n else float("nan"),
+                positive_fraction=float(y[sel].mean()) if n else float("nan"),
+            )
+        )
     return out
 
 
-@dataclass
-class LocalizationTally:
-    """Running localization metrics of one class and one map kind."""
-
-    hits: int = 0
-    pointed: int = 0  # ground-truth positive cases with a mask
-    ious: list[float] = field(default_factory=list)
-    kinds: dict[str, int] = field(default_factory=lambda: {"tp": 0, "fp": 0, "fn": 0})
-
-    def add(
-        self,
-        value_map: np.ndarray,
-        truth: np.ndarray | None,
-        gt_positive: bool,
-        predicted: bool,
-        fraction: float = 0.5,
-    ) -> None:
-        """One case. ``truth`` is None when the case has no localization ground truth."""
-        if gt_positive and (truth is None or not truth.any()):
-            return  # positive without a region: cannot be scored for localization
-        if gt_positive:
-            self.pointed += 1
-            self.hits += map_hit(value_map, truth)  # type: ignore[arg-type]  # checked above
-        if not gt_positive and not predicted:
-            return  # true negative: IoU undefined
-        region = threshold_map(value_map, fraction) if predicted else np.zeros(value_map.shape, bool)
-        gt = truth if (gt_positive and truth is not None) else np.zeros(value_map.shape, bool)
-        kind = "tp" if gt_positive and predicted else ("fp" if predicted else "fn")
-        self.kinds[kind] += 1
-        self.ious.append(iou(region, gt) if kind == "tp" else 0.0)
-
-    @property
-    def hit_rate(self) -> float:
-        return self.hits / self.pointed if self.pointed else float("nan")
-
-    @property
-    def miou(self) -> float:
-        return float(np.mean(self.ious)) if self.ious else float("nan")
+def expected_calibration_error(
+    targets: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE: sum over ``reliability_bins`` of (count / N) x |positive fraction - mean probability|
+    (equal-width bins, empty bins contribute nothing). NaN without cases."""
+    table = reliability_bins(targets, probabilities, bins)
+    total = sum(b.count for b in table)
+    if total == 0:
+        return float("nan")
+    return float(
+        sum(b.count / total * abs(b.positive_fraction - b.mean_probability) for b in table if b.count)
+    )
