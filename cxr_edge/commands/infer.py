@@ -131,27 +131,39 @@ def process_one(
     overlay: bool,
     save_maps: bool,
     allow_non_chest: bool,
+    dicom_out: bool = False,
 ) -> tuple[Prediction, dict[str, Any], list[str]]:
     """Run one image and write its files; everything is rendered before anything is written,
-    and each file is written atomically, so a failure leaves no partial output."""
+    and each file is written atomically, so a failure leaves no partial output. ``dicom_out``:
+    also file the overlays as Secondary Captures and the findings as an SR (DICOM inputs only)."""
     from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
     from cxr_edge.render import encode_png
     from cxr_edge.report import report_json
 
     pred = edge.predict(path, steps=steps, allow_non_chest=allow_non_chest)
+    if dicom_out and pred.source != "dicom":
+        raise CxrEdgeError(path, "--dicom-out needs a DICOM input (results are filed in its study)")
     shown = findings if findings is not None else pred.reported_labels()
     outputs: list[tuple[Path, bytes]] = []
     t0 = time.perf_counter()
+    overlays = {label: pred.overlay(label, map=map_kind) for label in shown} if overlay or dicom_out else {}
     if overlay:
-        for label in shown:
-            rgb = pred.overlay(label, map=map_kind)
+        for label, rgb in overlays.items():
             outputs.append((out / f"{stem}.{label_slug(label)}.png", encode_png(rgb)))
     render_ms = (time.perf_counter() - t0) * 1e3
+    if dicom_out:
+        from cxr_edge.dicom_results import build_dicom_results, read_source
+        from cxr_edge.dicom_results.results import result_file_name
+
+        for result in build_dicom_results(pred, read_source(path), overlays, map_kind):
+            outputs.append((out / result_file_name(stem, result), result.data))
     if save_maps:
         outputs.append((out / f"{stem}.maps.npz", maps_npz_bytes(pred)))
     report = pred.to_report(map=map_kind)
     report["timings_ms"]["render"] = round(render_ms, 3)
     report["overlays"] = [p.name for p, _ in outputs if p.suffix == ".png"]
+    if dicom_out:
+        report["dicom"] = [p.name for p, _ in outputs if p.suffix == ".dcm"]
     for target, data in outputs:
         write_bytes_atomic(target, data)
     write_text_atomic(out / f"{stem}.json", report_json(report))
@@ -217,6 +229,14 @@ def register(app: typer.Typer) -> None:
                 help="Process files whose header says they are not a frontal chest X-ray.",
             ),
         ] = False,
+        dicom_out: Annotated[
+            bool,
+            typer.Option(
+                "--dicom-out",
+                help="DICOM inputs: also write OUT/<stem>.<finding>.sc.dcm (Secondary Capture of each overlay) "
+                "and OUT/<stem>.sr.dcm (Structured Report of all findings), filed in the source's study.",
+            ),
+        ] = False,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
@@ -248,7 +268,8 @@ def register(app: typer.Typer) -> None:
                 progress.update(task, description=path.name)
                 try:
                     pred, report, shown = process_one(
-                        edge, path, stem, out, steps, map_kind, chosen, overlay, save_maps, allow_non_chest
+                        edge, path, stem, out, steps, map_kind, chosen, overlay, save_maps, allow_non_chest,
+                        dicom_out,
                     )
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     if isinstance(exc, CxrEdgeError):

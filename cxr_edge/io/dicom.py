@@ -32,18 +32,21 @@ _quiet = threading.local()
 
 
 class _MuteOwnReads(logging.Filter):
-    """Drops pydicom log records emitted while this thread is inside :func:`_pydicom_muted`."""
+    """Drops pydicom/highdicom log records emitted while this thread is inside :func:`pydicom_muted`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(_quiet, "active", False)
 
 
-logging.getLogger("pydicom").addFilter(_MuteOwnReads())
+# highdicom (building results) quotes header values in its log lines and warnings too.
+for _name in ("pydicom", "highdicom"):
+    logging.getLogger(_name).addFilter(_MuteOwnReads())
 
 
 @contextlib.contextmanager
-def _pydicom_muted() -> Iterator[None]:
-    """Silence pydicom's warnings and log lines: they can quote header values (names, dates)."""
+def pydicom_muted() -> Iterator[None]:
+    """Silence pydicom's and highdicom's warnings and log lines while this thread is inside:
+    they can quote header values (names, dates)."""
     _quiet.active = True
     try:
         with warnings.catch_warnings():
@@ -65,7 +68,7 @@ def read_dataset(path: Path, data: bytes) -> Any:
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        with _pydicom_muted():
+        with pydicom_muted():
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
             # Touch every element now so a broken header fails here, not halfway through decoding.
             keywords = [elem.keyword for elem in ds]
@@ -147,7 +150,7 @@ def dicom_to_l(path: Path, ds: Any, allow_non_chest: bool = False) -> tuple[np.n
         raise CxrEdgeError(path, "DICOM has no PixelData (header only, no image)")
     syntax = _transfer_syntax_name(ds)
     try:
-        with _pydicom_muted():
+        with pydicom_muted():
             stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; their text is not for users
         raise CxrEdgeError(
@@ -182,7 +185,7 @@ def dicom_to_l(path: Path, ds: Any, allow_non_chest: bool = False) -> tuple[np.n
         )
         info.update(voi="none (colour)", inverted=False)
         return np.ascontiguousarray(pil_luma(rgb[..., :3])), info
-    with _pydicom_muted():
+    with pydicom_muted():
         modality_values = apply_modality_lut(stored, ds)
         unit, voi = _voi_to_unit(modality_values, ds)
     gray = np.rint(unit * 255.0).astype(np.uint8)
