@@ -11,6 +11,7 @@ private), plus a standard finding site where one applies, so nothing is invented
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from pydicom.sr.coding import Code
@@ -61,7 +62,7 @@ def _local(value: str, meaning: str) -> Code:
 LABEL_CONCEPTS: dict[str, LabelConcept] = {
     "No Finding": LabelConcept(Code("17621005", "SCT", "Normal")),
     "Enlarged Cardiomediastinum": LabelConcept(
-        _local("enlarged-cardiomediastinum", "Enlarged cardiomediastinum"), MEDIASTINUM
+        _local("ENL-CARDIOMED", "Enlarged cardiomediastinum"), MEDIASTINUM
     ),
     "Cardiomegaly": LabelConcept(Code("8186001", "SCT", "Cardiomegaly")),
     "Lung Opacity": LabelConcept(Code("112001", "DCM", "Opacity"), LUNG),
@@ -72,7 +73,7 @@ LABEL_CONCEPTS: dict[str, LabelConcept] = {
     "Atelectasis": LabelConcept(Code("46621007", "SCT", "Atelectasis")),
     "Pneumothorax": LabelConcept(Code("36118008", "SCT", "Pneumothorax")),
     "Pleural Effusion": LabelConcept(Code("60046008", "SCT", "Pleural effusion")),
-    "Pleural Other": LabelConcept(_local("pleural-other", "Other pleural finding"), PLEURA),
+    "Pleural Other": LabelConcept(_local("PLEURAL-OTHER", "Other pleural finding"), PLEURA),
     "Fracture": LabelConcept(Code("125605004", "SCT", "Fracture of bone")),
     "Support Devices": LabelConcept(Code("49062001", "SCT", "Device")),
 }
@@ -80,12 +81,15 @@ LABEL_CONCEPTS: dict[str, LabelConcept] = {
 
 def label_concept(label: str) -> LabelConcept:
     """The concept of a model label; a label the table does not know (a model trained on other
-    classes) gets a private code whose meaning is the label itself (64 characters at most)."""
+    classes) gets a private code ``L-<12 hex of its sha256>`` whose meaning is the label itself
+    (its first 64 characters)."""
     known = LABEL_CONCEPTS.get(label)
     if known is not None:
         return known
-    slug = "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-") or "label"
-    return LabelConcept(_local(slug[:16], label[:64]))
+    # Code Value is SH (16 characters): a stable digest of the label, not a truncation that
+    # two long labels could share.
+    digest = hashlib.sha256(label.encode()).hexdigest()[:12].upper()
+    return LabelConcept(_local(f"L-{digest}", label[:64]))
 
 
 def uses_local_scheme(labels: tuple[str, ...]) -> bool:

@@ -1,11 +1,12 @@
 """A Secondary Capture of one overlay, filed in the source image's study.
 
 highdicom's ``SCImage.from_ref_dataset`` copies the Patient and General Study modules from the
-source and writes the SC Equipment, SC Image and Image Pixel modules. Three attributes highdicom
-has no parameter for are set by keyword: Burned In Annotation (YES: the overlay carries its
-legend and banner as pixels), the Source Image Sequence (purpose: source image for an image
-processing operation) and, when the source has no usable Patient Orientation, an empty one
-(type 2: unknown), since the overlay has the source's geometry.
+source and writes the SC Equipment, SC Image and Image Pixel modules; highdicom's
+``ReferencedImageSequence`` references the source image. The attributes highdicom has no
+parameter for are set by keyword: Burned In Annotation (YES: the overlay carries its legend and
+banner as pixels), the Source Image Sequence (purpose: source image for an image processing
+operation), Derivation Description, and, when the source has no usable Patient Orientation or
+Laterality, empty ones (type 2: unknown; the overlay has the source's geometry).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def build_secondary_capture(
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(*_SOURCE_IMAGE_PURPOSE)]
     sc.SourceImageSequence = [item]
+    sc.ReferencedImageSequence = hd.content.ReferencedImageSequence([source])
     sc.DerivationDescription = (
         f"Overlay of the {map_kind} {label} saliency map, {prediction.steps} steps per patch"[:1024]
     )
