@@ -4,10 +4,35 @@ results tests run without ../shared), and copies of real images under new SOP In
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+
+
+def require(what: str, present: bool) -> None:
+    """Skip a test (module) when a tool or package is missing here; fail in CI, which installs
+    them all (``.ci/run``), so a skip there cannot hide a regression."""
+    if present:
+        return
+    message = f"{what} is not installed here; CI installs it (.ci/run)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {message}")
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_dicom_stack() -> None:
+    for package in ("highdicom", "pynetdicom"):
+        require(f"{package} (pip install '.[dicom]')", importlib.util.find_spec(package) is not None)
+
+
+def has_tool(name: str) -> bool:
+    return shutil.which(name) is not None
+
 
 #: A made-up patient, so tests can check that patient attributes are copied, not invented.
 PATIENT = {

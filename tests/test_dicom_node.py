@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dicom_samples import require_dicom_stack, synthetic_cr, with_new_instance_uid
 from typing_extensions import Self
 
-pytest.importorskip("pynetdicom")
-pytest.importorskip("highdicom")
+require_dicom_stack()
 
-from dicom_samples import synthetic_cr, with_new_instance_uid
 from orthanc_harness import LOOPBACK, echo, free_port, send
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt

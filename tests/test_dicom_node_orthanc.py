@@ -13,21 +13,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
+from dicom_samples import require, require_dicom_stack, with_new_instance_uid
 
-pytest.importorskip("pynetdicom")
-pytest.importorskip("highdicom")
+require_dicom_stack()
 
-from dicom_samples import with_new_instance_uid
 from orthanc_harness import Node, Orthanc, echo, free_port, orthanc_binary, read_chest_dicoms, send, wait_for
 
 from cxr_edge.io.dicom import read_dataset
 
-if orthanc_binary() is None:
-    pytest.skip(
-        "Orthanc is not installed here (apt install orthanc); CI installs it and runs these",
-        allow_module_level=True,
-    )
+require("Orthanc (apt install orthanc)", orthanc_binary() is not None)
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"

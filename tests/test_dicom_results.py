@@ -7,18 +7,17 @@ prediction it was made from; ``dciodvfy`` (dicom3tools) must report zero errors 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from dicom_samples import PATIENT, has_tool, require, require_dicom_stack, synthetic_cr, write_part10
 
-pytest.importorskip("highdicom")
+require_dicom_stack()
 
 import highdicom as hd
-from dicom_samples import PATIENT, synthetic_cr, write_part10
 from pydicom.sr.codedict import codes as dicom_codes
 
 from cxr_edge.dicom_results import codes, write_dicom_results
@@ -137,7 +136,7 @@ def check_results(edge: CxrEdge, source_path: Path, out: Path) -> None:
     assert any(pred.model["sha256"] in t for t in algorithm_texts)  # full model hash in the version
     assert any(NOT_FOR_CLINICAL_USE.lower() in t.lower() for t in algorithm_texts)
 
-    if shutil.which("dciodvfy"):
+    if has_tool("dciodvfy"):
         for path in paths:
             assert dciodvfy_errors(path) == [], path.name
 
@@ -157,8 +156,7 @@ def test_results_of_real_chest_dicoms(edge: CxrEdge, shared_cxr: Path, tmp_path:
 
 def test_dciodvfy_catches_a_broken_object(edge: CxrEdge, sample_dicom: Path, tmp_path: Path) -> None:
     """The zero-errors checks above mean something: the same SC without a type 1 attribute fails."""
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (Debian dicom3tools) is not installed here; CI installs it")
+    require("dciodvfy (Debian dicom3tools)", has_tool("dciodvfy"))
     pred = edge.predict(sample_dicom, steps=STEPS)
     label = pred.labels[0]
     (sc_path, _) = write_dicom_results(pred, sample_dicom, tmp_path, {label: pred.overlay(label)})
