@@ -104,6 +104,16 @@ class Orthanc:
         with urllib.request.urlopen(f"http://{LOOPBACK}:{self.http_port}{path}", timeout=10) as reply:
             return json.loads(reply.read())
 
+    def find_instances(self, **query: str) -> list[str]:
+        """Orthanc IDs of the instances matching a DICOM tag query (e.g. StudyInstanceUID=...)."""
+        body = json.dumps({"Level": "Instance", "Query": query}).encode()
+        request = urllib.request.Request(
+            f"http://{LOOPBACK}:{self.http_port}/tools/find", data=body, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            found: list[str] = json.loads(reply.read())
+        return found
+
     def instances_tags(self) -> list[dict[str, Any]]:
         """Simplified main tags of every stored instance (SOPInstanceUID, SOPClassUID, StudyInstanceUID, ...)."""
         out = []

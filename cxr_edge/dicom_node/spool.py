@@ -233,7 +233,9 @@ class Spool:
         """Record, durably, that one result reached one destination."""
         path = self.results_dir / uid / f"sent.{destination_key}"
         with open(path, "a") as journal:
-            journal.write(sop_instance_uid + "\n")
+            # A leading newline: a line torn by a crash mid-append stays a line of its own (an
+            # unknown UID, so at worst that result is sent again under the same UID).
+            journal.write("\n" + sop_instance_uid + "\n")
             journal.flush()
             os.fsync(journal.fileno())
         fsync_path(path.parent)
