@@ -93,12 +93,12 @@ def test_kill9_mid_spool_then_restart_delivers_every_object_exactly_once(
 ) -> None:
     path = shared_cxr / "dicom" / "CR-MONO1-10-chest.dcm"  # the smallest real chest CR (440 x 440)
     base = read_dataset(path, path.read_bytes())
-    images = [with_new_instance_uid(base) for _ in range(6)]
+    images = [with_new_instance_uid(base) for _ in range(5)]
     node_port = free_port()
     spool = tmp_path / "spool"
     with Orthanc(tmp_path / "orthanc", node_port=node_port) as pacs:
         forward = [f"{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}"]
-        first = Node(spool, forward, node_port, steps=4).start()
+        first = Node(spool, forward, node_port, steps=2).start()
         try:
             assert [code for code, _ in send(images, node_port)] == [0x0000] * len(images)
             assert wait_for(lambda: len(first.events("delivered")) >= 1, 180)
@@ -107,7 +107,7 @@ def test_kill9_mid_spool_then_restart_delivers_every_object_exactly_once(
         before = {line["sop_instance_uid"] for line in first.events("delivered")}
         assert 1 <= len(before) < len(images), "the kill must land mid-spool"
 
-        second = Node(spool, forward, node_port, steps=4)
+        second = Node(spool, forward, node_port, steps=2)
         with second:
             (listening,) = second.events("listening")
             assert listening["pending"] == len(images) - len(before)
