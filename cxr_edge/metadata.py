@@ -35,6 +35,9 @@ CHEXPERT_LABELS: tuple[str, ...] = (
     "Support Devices",
 )
 
+#: Numeric precisions a patch model can carry (``ModelMetadata.precision``); float32 is the export.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
 #: Preprocessing contract of the reference: 8-bit "L", centre square crop, antialiased
 #: bilinear resize to image_size, divide by 255, no mean/std.
 PREPROCESSING_ID = "medicalpatchnet-v1"
@@ -89,6 +92,16 @@ class ModelMetadata:
             )
         if self.thresholds is not None and len(self.thresholds) != len(self.labels):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+
+    def label_index(self, name: str) -> int:
+        """Index of the label ``name`` (exact label, case-insensitive); CxrEdgeError if unknown."""
+        folded = [label.casefold() for label in self.labels]
+        try:
+            return folded.index(name.casefold())
+        except ValueError:
+            raise CxrEdgeError(
+                None, f"unknown finding {name!r}; the model has: {', '.join(self.labels)}"
+            ) from None
 
     def with_(self, **changes: Any) -> ModelMetadata:
         return replace(self, **changes)

@@ -1,17 +1,17 @@
-"""The Python API for embedding: load a model once, then ``predict`` per image, no disk writes.
+"""The Python API for embedding, and the one place where the stages are chained.
 
     edge = CxrEdge.load()                      # bundled demo model, ONNX Runtime on the CPU
     pred = edge.predict("chest.png", steps=8)  # or an (h, w) uint8 / float array
-    pred.findings, pred.maps.scaled, pred.overlay("Cardiomegaly"), pred.to_report()
+    pred.findings, pred.maps.scaled            # a plain Prediction (cxr_edge.prediction)
 
-Stages: decode -> preprocess -> tile (bounded chunks) -> backend -> postprocess. The backend
-and the postprocess are chosen at load time, so a GPU backend (TensorRT) and a GPU
-postprocess (CUDA accumulator) plug in without touching ``predict``.
+Stages: decode -> preprocess (``prepare_image``) -> tile (bounded chunks) -> backend ->
+postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
+(TensorRT) and a GPU postprocess (CUDA accumulator) plug in without touching ``predict``; the
+pipeline finds them through the ``DeviceBackend`` / ``DeviceAccumulator`` protocols.
 
 Threads: ``predict`` keeps no shared mutable state (each call has its own accumulator and
-timings); the ONNX Runtime session is safe to run from several threads. Any other backend,
-unless it declares ``thread_safe = True``, is guarded by a lock (around run + accumulate), so
-concurrent calls are always safe.
+timings). A backend that declares ``thread_safe = False`` is guarded by a lock (around run +
+accumulate), so concurrent calls are always safe.
 """
 
 from __future__ import annotations
@@ -19,178 +19,44 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from cxr_edge.backends.base import PatchBackend
+from cxr_edge.backends.base import DeviceBackend, PatchBackend
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
+from cxr_edge.postprocess import AccumulatorFactory, DeviceAccumulator
+from cxr_edge.prediction import Prediction, findings_from
+from cxr_edge.preprocess import CropBox, preprocess
+from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
 
-if TYPE_CHECKING:
-    from cxr_edge.postprocess import SaliencyMaps
-    from cxr_edge.preprocess import CropBox
-
-#: Largest number of patches tiled and sent to the backend at once. 256 patches = 4 shifted
+#: Patches tiled and sent to the backend per chunk on the host path. 256 patches = 4 shifted
 #: images, 16 MiB of input; keeps peak memory bounded for any S (S = 64 is 262,144 patches).
-DEFAULT_MAX_PATCHES = 256
-
-#: Steps per patch must nest (powers of two) and stay within one patch of 64 px.
-VALID_STEPS = (1, 2, 4, 8, 16, 32, 64)
-
-MAP_KINDS = ("raw", "scaled")
-
-#: How many findings get an overlay by default when the model carries no thresholds.
-TOP_K_WITHOUT_THRESHOLDS = 3
-
-
-class Accumulator(Protocol):
-    """Turns patch logits into maps; ``SaliencyAccumulator`` (numpy) or a GPU twin."""
-
-    def add(self, pairs: np.ndarray, logits: np.ndarray) -> None: ...
-
-    def finish(self, labels: tuple[str, ...]) -> SaliencyMaps: ...
-
-
-class DeviceBackend(Protocol):
-    """A GPU backend that can leave logits on the device (``TensorRtBackend``)."""
-
-    def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> Any: ...
-
-    def synchronize(self) -> None: ...
-
-
-class DeviceAccumulator(Protocol):
-    """A GPU accumulator the engine can write into (``GpuPostprocess``)."""
-
-    def logits_address(self, first_shift: int = 0) -> int: ...
-
-    def mark_written(self, first_shift: int, count: int) -> None: ...
-
-
-#: ``factory(steps, image_size, patch_size, num_classes) -> Accumulator``.
-AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
-
-
-def check_steps(steps: int) -> int:
-    """Return ``steps`` if it is a power of two in 1..64, else raise CxrEdgeError."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) not in VALID_STEPS:
-        raise CxrEdgeError(None, f"steps must be a power of two in 1..64, got {steps!r}")
-    return int(steps)
+DEFAULT_CHUNK_PATCHES = 256
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One class of the model for one image.
+class PreparedImage:
+    """An image decoded and preprocessed for one model.
 
-    ``logit``: image logit (mean of the 64 patch logits of the unshifted image);
-    ``probability``: sigmoid(logit); ``threshold``: the model's decision threshold on the
-    probability, or None; ``positive``: probability >= threshold, or None without threshold.
+    gray: ``(h, w) uint8`` (the reference's "L" image, original resolution); model_input:
+    ``(N, N) float32 in [0, 1]`` (N = image_size); crop: where ``model_input`` came from;
+    name: the path as given (None for arrays); source: decoder ("png", "dicom", "array", ...);
+    info: non-identifying header facts; timings_ms: ``decode`` and ``preprocess`` wall time.
     """
 
-    label: str
-    logit: float
-    probability: float
-    threshold: float | None
-    positive: bool | None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Everything ``predict`` found for one image. Nothing here touches the disk.
-
-    gray: (h, w) uint8, the 8-bit image the model's input was made from (original
-    resolution). crop: the centre square (original pixels) resized to the model frame.
-    maps: logits, probabilities and raw/scaled (C, N, N) float32 maps in the model frame.
-    timings_ms: per-stage wall time of this call.
-    """
-
-    findings: tuple[Finding, ...]
-    maps: SaliencyMaps
     gray: np.ndarray
+    model_input: np.ndarray
     crop: CropBox
-    metadata: ModelMetadata
-    backend: str
-    model: dict[str, Any]
-    image: str | None = None
-    source: str = "array"
-    info: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return int(self.maps.steps)
-
-    @property
-    def original_shape(self) -> tuple[int, int]:
-        return (int(self.gray.shape[0]), int(self.gray.shape[1]))
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(f.label for f in self.findings)
-
-    def finding(self, label: str) -> Finding:
-        """The finding named ``label`` (exact label, case-insensitive)."""
-        return self.findings[self._index(label)]
-
-    def _index(self, label: str) -> int:
-        folded = [f.label.casefold() for f in self.findings]
-        try:
-            return folded.index(label.casefold())
-        except ValueError:
-            raise CxrEdgeError(
-                None, f"unknown finding {label!r}; the model has: {', '.join(self.labels)}"
-            ) from None
-
-    def reported_labels(self) -> list[str]:
-        """Labels to show by default: the positives by the model's thresholds, or, when the
-        model has no thresholds, the top 3 by probability (highest first)."""
-        if self.metadata.thresholds is not None:
-            return [f.label for f in self.findings if f.positive]
-        ranked = sorted(self.findings, key=lambda f: -f.probability)
-        return [f.label for f in ranked[:TOP_K_WITHOUT_THRESHOLDS]]
-
-    def value_map(self, label: str, map: str = "scaled") -> np.ndarray:
-        """(N, N) float32 map of one finding in logit units, model frame."""
-        if map not in MAP_KINDS:
-            raise CxrEdgeError(None, f"map must be one of {', '.join(MAP_KINDS)}, got {map!r}")
-        maps: np.ndarray = self.maps.scaled if map == "scaled" else self.maps.raw
-        one: np.ndarray = maps[self._index(label)]
-        return one
-
-    def overlay(
-        self,
-        label: str,
-        map: str = "scaled",
-        vmax: float | None = None,
-        legend: bool = True,
-        alpha_max: float = 0.6,
-    ) -> np.ndarray:
-        """The X-ray at its original resolution with the finding's map blended over it.
-
-        Red = evidence for, blue = against, symmetric scale: ``vmax`` (logit units) defaults
-        to the map's largest magnitude. Returns (h, w, 3) uint8 RGB.
-        """
-        from cxr_edge import render
-
-        value_map = self.value_map(label, map)
-        if vmax is None:
-            vmax = float(np.max(np.abs(value_map)))
-        rgb = render.overlay(self.gray, value_map, self.crop, vmax, alpha_max=alpha_max)
-        if legend:
-            f = self.finding(label)
-            render.draw_legend(rgb, f.label, f.probability, vmax, map_name=map, threshold=f.threshold)
-        return rgb
-
-    def to_report(self, map: str = "scaled") -> dict[str, Any]:
-        """The JSON-ready report dict (see ``cxr_edge.report``)."""
-        from cxr_edge.report import build_report
-
-        return build_report(self, map=map)
+    name: str | None
+    source: str
+    info: dict[str, Any]
+    timings_ms: dict[str, float]
 
 
 def _as_gray(image: np.ndarray) -> np.ndarray:
@@ -211,6 +77,29 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
     )
 
 
+def prepare_image(
+    image: str | Path | np.ndarray, metadata: ModelMetadata, allow_non_chest: bool = False
+) -> PreparedImage:
+    """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
+    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input."""
+    clock = time.perf_counter
+    t0 = clock()
+    name: str | None = None
+    source, info = "array", {}
+    if isinstance(image, (str, Path)):
+        from cxr_edge.io import load_xray
+
+        xray = load_xray(image, allow_non_chest=allow_non_chest)
+        gray, name, source, info = xray.pixels, str(image), xray.source, dict(xray.info)
+    else:
+        gray = _as_gray(image)
+    t1 = clock()
+    pre = preprocess(gray, metadata.image_size, path=name)
+    t2 = clock()
+    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
+    return PreparedImage(gray, pre.image, pre.crop, name, source, info, timings)
+
+
 def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
     if kind == "auto":
         kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
@@ -225,15 +114,6 @@ def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
             raise CxrEdgeError(model, f"the TensorRT backend is not available here ({exc})") from exc
         return TensorRtBackend(model)
     raise CxrEdgeError(None, f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {kind!r}")
-
-
-def _is_thread_safe(backend: PatchBackend) -> bool:
-    """A backend may declare ``thread_safe``; ONNX Runtime sessions are (concurrent ``run`` is
-    documented as safe); anything else is assumed not to be (e.g. reused device buffers)."""
-    declared = getattr(backend, "thread_safe", None)
-    if declared is not None:
-        return bool(declared)
-    return type(backend).__module__ == "cxr_edge.backends.onnxruntime"
 
 
 def _default_accumulator() -> AccumulatorFactory:
@@ -260,17 +140,21 @@ class CxrEdge:
         backend: PatchBackend,
         model_path: str | Path | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_MAX_PATCHES,
+        max_patches: int = DEFAULT_CHUNK_PATCHES,
     ) -> None:
         """backend: any PatchBackend; model_path: the file it came from (for reports);
         accumulator: the postprocess factory (default: numpy ``SaliencyAccumulator``);
         max_patches: patches per tile/backend chunk (bounds memory)."""
+        if not isinstance(backend, PatchBackend):
+            raise CxrEdgeError(
+                None, f"{type(backend).__name__} is not a PatchBackend (metadata, name, thread_safe, run)"
+            )
         self.backend = backend
         self.metadata: ModelMetadata = backend.metadata
         self.model_path = None if model_path is None else Path(model_path)
         self._accumulator = accumulator or _default_accumulator()
         self.max_patches = max(int(max_patches), self.metadata.patches_per_image)
-        self._backend_lock = None if _is_thread_safe(backend) else threading.Lock()
+        self._backend_lock = None if backend.thread_safe else threading.Lock()
         self._model_info: dict[str, Any] | None = None
 
     @classmethod
@@ -280,7 +164,7 @@ class CxrEdge:
         backend: str | PatchBackend = "auto",
         threads: int | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_MAX_PATCHES,
+        max_patches: int = DEFAULT_CHUNK_PATCHES,
     ) -> CxrEdge:
         """Open a model. model: an ONNX file (default: the bundled demo model) or a TensorRT
         engine (.plan/.engine); backend: "auto" (TensorRT for an engine, else ONNX Runtime),
@@ -322,6 +206,10 @@ class CxrEdge:
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
 
+    def prepare(self, image: str | Path | np.ndarray, allow_non_chest: bool = False) -> PreparedImage:
+        """Decode and preprocess ``image`` for this model (``prepare_image``)."""
+        return prepare_image(image, self.metadata, allow_non_chest)
+
     def predict(
         self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
     ) -> Prediction:
@@ -332,87 +220,67 @@ class CxrEdge:
         allow_non_chest: accept files whose DICOM header says they are not a frontal chest
         radiograph. Raises CxrEdgeError for unreadable or unsuitable input.
         """
-        from cxr_edge.preprocess import preprocess
-        from cxr_edge.tile import iter_patch_batches
-
-        steps = check_steps(steps)
         md = self.metadata
-        if steps > md.patch_size:
-            raise CxrEdgeError(None, f"steps {steps} exceeds the model's patch size {md.patch_size}")
-        timings: dict[str, float] = {}
+        steps = check_steps(steps, md.patch_size)
+        prepared = self.prepare(image, allow_non_chest)
+        timings = dict(prepared.timings_ms)
         clock = time.perf_counter
 
-        t0 = clock()
-        name: str | None = None
-        source, info = "array", {}
-        if isinstance(image, (str, Path)):
-            from cxr_edge.io import load_xray
-
-            xray = load_xray(image, allow_non_chest=allow_non_chest)
-            gray, name, source, info = xray.pixels, str(image), xray.source, dict(xray.info)
-        else:
-            gray = _as_gray(image)
-        timings["decode"] = (clock() - t0) * 1e3
-
-        t0 = clock()
-        pre = preprocess(gray, md.image_size, path=name)
-        timings["preprocess"] = (clock() - t0) * 1e3
-
         acc = self._accumulator(steps, md.image_size, md.patch_size, md.num_classes)
-        # GPU backend + GPU postprocess: the engine writes logits straight into the
-        # postprocess's buffer, so patch logits never travel through the host.
-        on_device = hasattr(self.backend, "run_device") and hasattr(acc, "mark_written")
-        tile_s = backend_s = post_s = 0.0
-        batches: Iterator[Any] = iter_patch_batches(pre.image, steps, md.patch_size, self.max_patches)
-        while True:
-            t0 = clock()
-            batch = next(batches, None)
-            tile_s += clock() - t0
-            if batch is None:
-                break
-            # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
-            # logits may live in buffers the next run overwrites.
-            with self._backend_lock or contextlib.nullcontext():
+        try:
+            # GPU backend + GPU postprocess: the engine writes logits straight into the
+            # postprocess's buffer, so patch logits never travel through the host.
+            device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
+            device_acc = acc if isinstance(acc, DeviceAccumulator) else None
+            on_device = device_backend is not None and device_acc is not None
+            tile_s = backend_s = post_s = 0.0
+            batches: Iterator[PatchBatch] = iter_patch_batches(
+                prepared.model_input, steps, md.patch_size, self.max_patches
+            )
+            while True:
                 t0 = clock()
-                if on_device:
-                    device_acc: DeviceAccumulator = acc  # type: ignore[assignment]
-                    device_backend: DeviceBackend = self.backend  # type: ignore[assignment]
-                    device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
-                    t1 = clock()
-                    device_acc.mark_written(batch.first_shift, len(batch.pairs))
-                else:
-                    logits = self.backend.run(batch.patches)
-                    t1 = clock()
-                    acc.add(batch.pairs, logits)
-                t2 = clock()
-            backend_s += t1 - t0
-            post_s += t2 - t1
-        t0 = clock()
-        if on_device:  # the postprocess runs on its own stream: let the engine finish first
-            with self._backend_lock or contextlib.nullcontext():
-                self.backend.synchronize()  # type: ignore[attr-defined]
-            backend_s += clock() - t0
+                batch = next(batches, None)
+                tile_s += clock() - t0
+                if batch is None:
+                    break
+                # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
+                # logits may live in buffers the next run overwrites.
+                with self._backend_lock or contextlib.nullcontext():
+                    t0 = clock()
+                    if device_backend is not None and device_acc is not None:
+                        device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
+                        t1 = clock()
+                        device_acc.mark_written(batch.first_shift, len(batch.pairs))
+                    else:
+                        logits = self.backend.run(batch.patches)
+                        t1 = clock()
+                        acc.add(batch.pairs, logits)
+                    t2 = clock()
+                backend_s += t1 - t0
+                post_s += t2 - t1
             t0 = clock()
-        maps = acc.finish(md.labels)
-        post_s += clock() - t0
+            if on_device and device_backend is not None:
+                # the postprocess runs on its own stream: let the engine finish first
+                with self._backend_lock or contextlib.nullcontext():
+                    device_backend.synchronize()
+                backend_s += clock() - t0
+                t0 = clock()
+            maps = acc.finish(md.labels)
+            post_s += clock() - t0
+        finally:
+            acc.close()
         timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
 
-        thresholds = md.thresholds
-        findings = []
-        for c, label in enumerate(md.labels):
-            p = float(maps.probabilities[c])
-            thr = None if thresholds is None else float(thresholds[c])
-            findings.append(Finding(label, float(maps.logits[c]), p, thr, None if thr is None else p >= thr))
         return Prediction(
-            findings=tuple(findings),
+            findings=findings_from(maps, md),
             maps=maps,
-            gray=gray,
-            crop=pre.crop,
+            gray=prepared.gray,
+            crop=prepared.crop,
             metadata=md,
-            backend=getattr(self.backend, "name", type(self.backend).__name__),
+            backend=self.backend.name,
             model=self.model_info,
-            image=name,
-            source=source,
-            info=info,
+            image=prepared.name,
+            source=prepared.source,
+            info=prepared.info,
             timings_ms=timings,
         )

@@ -1,18 +1,17 @@
 """Overlay images: a diverging saliency map blended over the X-ray at its original resolution.
 
-``overlay`` is the exact formula the CUDA overlay kernel reproduces (see its docstring);
-``draw_legend`` adds the small legend (finding, probability, colour bar) with OpenCV and is
-kept separate so the formula stays testable on its own.
+``finding_overlay`` draws one finding of a ``Prediction``. ``overlay`` is the exact formula the
+CUDA overlay kernel reproduces (see its docstring); ``draw_legend`` adds the small legend
+(finding, probability, colour bar) with OpenCV and is kept separate so the formula stays
+testable on its own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from cxr_edge.preprocess import CropBox
+from cxr_edge.prediction import Prediction
+from cxr_edge.preprocess import CropBox
 
 #: End colours of the diverging scale (RGB): blue = evidence against, red = evidence for.
 _BLUE = np.array([33.0, 102.0, 172.0])
@@ -89,6 +88,29 @@ def overlay(
         blended = keep * base + a * colour
         inside[:, :, ch] = np.rint(blended)  # a convex mix of two uint8 values: stays in 0..255
     return out
+
+
+def finding_overlay(
+    prediction: Prediction,
+    label: str,
+    map_kind: str = "scaled",
+    vmax: float | None = None,
+    legend: bool = True,
+    alpha_max: float = 0.6,
+) -> np.ndarray:
+    """The X-ray at its original resolution with one finding's map blended over it.
+
+    Red = evidence for, blue = against, symmetric scale: ``vmax`` (logit units) defaults to the
+    map's largest magnitude. Returns (h, w, 3) uint8 RGB.
+    """
+    value_map = prediction.value_map(label, map_kind)
+    if vmax is None:
+        vmax = float(np.max(np.abs(value_map)))
+    rgb = overlay(prediction.gray, value_map, prediction.crop, vmax, alpha_max=alpha_max)
+    if legend:
+        f = prediction.finding(label)
+        draw_legend(rgb, f.label, f.probability, vmax, map_name=map_kind, threshold=f.threshold)
+    return rgb
 
 
 def draw_legend(

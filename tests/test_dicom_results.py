@@ -20,12 +20,14 @@ require_dicom_stack()
 import highdicom as hd
 from pydicom.sr.codedict import codes as dicom_codes
 
-from cxr_edge.dicom_results import codes, write_dicom_results
+from cxr_edge.dicom_results import codes
 from cxr_edge.dicom_results.identity import NOT_FOR_CLINICAL_USE, says_not_clinical
 from cxr_edge.dicom_results.uids import derived_uid
 from cxr_edge.io import load_xray
 from cxr_edge.metadata import CHEXPERT_LABELS
+from cxr_edge.outputs import write_dicom_results
 from cxr_edge.pipeline import CxrEdge
+from cxr_edge.render import finding_overlay
 from cxr_edge.report import evidence_summary
 
 STEPS = 1
@@ -69,7 +71,7 @@ def check_results(edge: CxrEdge, source_path: Path, out: Path) -> None:
     source = pydicom.dcmread(source_path, force=True)
     pred = edge.predict(source_path, steps=STEPS)
     shown = pred.reported_labels() or [max(pred.findings, key=lambda f: f.probability).label]
-    overlays = {label: pred.overlay(label) for label in shown}
+    overlays = {label: finding_overlay(pred, label) for label in shown}
     paths = write_dicom_results(pred, source_path, out, overlays)
     assert len(paths) == len(shown) + 1 and all(p.is_file() for p in paths)
     objects = [pydicom.dcmread(p) for p in paths]
@@ -159,7 +161,7 @@ def test_dciodvfy_catches_a_broken_object(edge: CxrEdge, sample_dicom: Path, tmp
     require("dciodvfy (Debian dicom3tools)", has_tool("dciodvfy"))
     pred = edge.predict(sample_dicom, steps=STEPS)
     label = pred.labels[0]
-    (sc_path, _) = write_dicom_results(pred, sample_dicom, tmp_path, {label: pred.overlay(label)})
+    (sc_path, _) = write_dicom_results(pred, sample_dicom, tmp_path, {label: finding_overlay(pred, label)})
     broken = pydicom.dcmread(sc_path)
     del broken.ConversionType  # SC Equipment module, type 1
     broken.save_as(tmp_path / "broken.dcm")
@@ -172,12 +174,12 @@ def test_dciodvfy_catches_a_broken_object(edge: CxrEdge, sample_dicom: Path, tmp
 def test_uids_are_deterministic_and_distinct(edge: CxrEdge, sample_dicom: Path, tmp_path: Path) -> None:
     pred = edge.predict(sample_dicom, steps=STEPS)
     label = pred.labels[0]
-    first = write_dicom_results(pred, sample_dicom, tmp_path / "a", {label: pred.overlay(label)})
-    again = write_dicom_results(pred, sample_dicom, tmp_path / "b", {label: pred.overlay(label)})
+    first = write_dicom_results(pred, sample_dicom, tmp_path / "a", {label: finding_overlay(pred, label)})
+    again = write_dicom_results(pred, sample_dicom, tmp_path / "b", {label: finding_overlay(pred, label)})
     uid = [(pydicom.dcmread(p).SOPInstanceUID, pydicom.dcmread(p).SeriesInstanceUID) for p in first]
     assert uid == [(pydicom.dcmread(p).SOPInstanceUID, pydicom.dcmread(p).SeriesInstanceUID) for p in again]
     other = edge.predict(sample_dicom, steps=2)
-    moved = write_dicom_results(other, sample_dicom, tmp_path / "c", {label: other.overlay(label)})
+    moved = write_dicom_results(other, sample_dicom, tmp_path / "c", {label: finding_overlay(other, label)})
     assert not {u for u, _ in uid} & {pydicom.dcmread(p).SOPInstanceUID for p in moved}
     for u, _ in uid:
         assert re.fullmatch(r"2\.25\.[1-9][0-9]*", u) and len(u) <= 64

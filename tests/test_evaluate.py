@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.evaluate import (
+from cxr_edge.evaluate.datasets import Case, folder_cases, phantom_cases
+from cxr_edge.evaluate.loop import evaluate_cases
+from cxr_edge.evaluate.metrics import (
     LocalizationTally,
     auroc,
     binary_counts,
-    evaluate_cases,
-    folder_cases,
     iou,
     map_hit,
     mask_to_model_frame,
-    phantom_cases,
     threshold_map,
     youden_threshold,
 )
@@ -160,8 +159,6 @@ def _fake_predict(maps_for, size):
 
 def test_evaluate_cases_with_an_oracle_predictor():
     """A predictor whose map is the ground-truth mask scores AUROC 1, hit rate 1, IoU 1 on TPs."""
-    from cxr_edge.evaluate import Case
-
     size = 32
     rng = np.random.default_rng(1)
     cases = []

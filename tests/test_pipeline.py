@@ -17,7 +17,9 @@ from reference_math import reference_saliency
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.pipeline import CxrEdge, Prediction, check_steps
+from cxr_edge.pipeline import CxrEdge
+from cxr_edge.prediction import Prediction
+from cxr_edge.tile import check_steps
 
 IMAGE_SIZE, PATCH = 128, 16
 LABELS = ("Alpha", "Beta", "Gamma", "Delta")
@@ -185,11 +187,14 @@ def test_findings_thresholds_and_reported_labels() -> None:
 def test_overlay_and_report_from_a_prediction() -> None:
     gray = xray_like(101, 143, seed=2)
     pred = CxrEdge(LinearBackend()).predict(gray, steps=2)
-    rgb = pred.overlay("Beta", map="raw", legend=False)
+    from cxr_edge.render import finding_overlay
+    from cxr_edge.report import build_report
+
+    rgb = finding_overlay(pred, "Beta", map_kind="raw", legend=False)
     assert rgb.shape == (101, 143, 3) and rgb.dtype == np.uint8
     # Outside the centre square the X-ray is untouched.
     assert np.array_equal(rgb[:, : pred.crop.left, 0], gray[:, : pred.crop.left])
-    report = json.loads(json.dumps(pred.to_report()))
+    report = json.loads(json.dumps(build_report(pred)))
     assert report["steps"] == 2 and report["map"] == "scaled" and report["backend"] == "linear-test"
     assert [f["label"] for f in report["findings"]] == list(LABELS)
     for f, finding in zip(report["findings"], pred.findings):

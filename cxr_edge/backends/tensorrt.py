@@ -44,6 +44,8 @@ class TensorRtBackend:
     """PatchBackend over a TensorRT plan; refuses a plan whose manifest does not fit this machine."""
 
     name = "tensorrt"
+    #: One execution context and reused device buffers: calls must not overlap.
+    thread_safe = False
 
     def __init__(self, plan: str | Path, *, stream: Any = None, device: int = 0) -> None:
         import_tensorrt()

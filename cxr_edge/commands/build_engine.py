@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cxr_edge.commands.common import one_line_errors
-from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES
+from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES
 
 
 def default_plan_path(onnx: Path, precision: str, dla_core: int | None) -> Path:
@@ -28,7 +28,7 @@ def build_engine_command(
     calib: Annotated[Path | None, typer.Option(help="Calibration set for int8 from a float32 ONNX.")] = None,
     max_patches: Annotated[
         int, typer.Option(help="Largest patch batch per engine call (profile max; DLA: fixed <= 4096).")
-    ] = DEFAULT_MAX_PATCHES,
+    ] = DEFAULT_PROFILE_MAX_PATCHES,
     workspace: Annotated[int, typer.Option(min=16, help="Builder workspace limit in MiB.")] = 4096,
     dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (Jetson).")] = None,
     out: Annotated[

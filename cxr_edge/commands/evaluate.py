@@ -1,119 +1,41 @@
 """``cxr-edge eval``: classification and localization metrics on phantoms or a labelled folder.
 
-A thin layer over ``cxr_edge.evaluate`` and ``cxr_edge.pipeline.CxrEdge``; the JSON report is
-written atomically.
+Option parsing, one library call (``cxr_edge.evaluate.loop.evaluate_model``) and printing; the
+JSON report is the library's (``EvalReport.to_json``), written atomically.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr_edge.commands.common import EXIT_BAD_INPUT, one_line_errors, print_error
-from cxr_edge.errors import CxrEdgeError
+from cxr_edge.commands.common import one_line_errors
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cxr_edge.evaluate.loop import EvalReport
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN -> None so the report is strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def run_eval(
-    phantoms: int | None,
-    seed: int,
-    data: Path | None,
-    model: Path | None,
-    steps: int,
-    map_kind: str,
-    json_out: Path | None,
-    threads: int | None,
-    size: int,
-    fraction: float,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Evaluate and return the report dict (also printed as a table and written to ``json_out``)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def results_table(report: EvalReport, count: int) -> Table:
+    """The per-class table printed by ``eval``."""
     from rich.table import Table
 
-    from cxr_edge.atomic import write_text_atomic
-    from cxr_edge.evaluate import evaluate_cases, folder_cases, phantom_cases
-    from cxr_edge.pipeline import CxrEdge
-
-    if (phantoms is None) == (data is None):
-        raise CxrEdgeError(None, "give exactly one dataset: --phantoms N or --data DIR")
-    if phantoms is not None and phantoms < 1:
-        raise CxrEdgeError(None, f"--phantoms must be >= 1, got {phantoms}")
-    if map_kind not in ("raw", "scaled", "both"):
-        raise CxrEdgeError(None, f"--map must be raw, scaled or both, got {map_kind!r}")
-    if not 0.0 < fraction <= 1.0:
-        raise CxrEdgeError(None, f"--iou-fraction must be in (0, 1], got {fraction}")
-    kinds = ("raw", "scaled") if map_kind == "both" else (map_kind,)
-
-    engine = CxrEdge.load(model, threads=threads)
-    md = engine.metadata
-    if phantoms is not None:
-        from cxr_edge.phantoms import PHANTOM_LABELS
-
-        if not set(PHANTOM_LABELS) & set(md.labels):
-            raise CxrEdgeError(model, "the model predicts none of the phantom findings")
-        cases: Any = phantom_cases(phantoms, seed=seed, size=size)
-        total = phantoms
-        dataset = {"kind": "phantoms", "count": phantoms, "seeds": [seed, seed + phantoms - 1], "size": size}
-    else:
-        cases = folder_cases(data, md.labels)  # type: ignore[arg-type]
-        if not cases:
-            raise CxrEdgeError(data, "no usable images in the dataset")
-        total = len(cases)
-        dataset = {"kind": "folder", "path": str(data), "count": total}
-
-    console = Console(stderr=True, quiet=quiet)
-    t0 = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]eval[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("", total=total)
-        results = evaluate_cases(
-            cases,
-            lambda image: engine.predict(image, steps=steps),
-            md.labels,
-            md.thresholds,
-            md.image_size,
-            map_kinds=kinds,
-            fraction=fraction,
-            on_case=lambda case: progress.update(task, advance=1, description=case.name),
-        )
-    seconds = time.perf_counter() - t0
-    scored = [r for r in results if r.n]
-
-    table = Table(title=f"cxr-edge eval: {total} images, S={steps}, {seconds:.0f} s", title_justify="left")
+    title = f"cxr-edge eval: {count} images, S={report.steps}, {report.seconds:.0f} s"
+    table = Table(title=title, title_justify="left")
     for col in ("finding", "n", "pos", "AUROC", "thr", "sens", "spec", "acc"):
         table.add_column(col, justify="left" if col == "finding" else "right")
-    for kind in kinds:
+    for kind in report.map_kinds:
         table.add_column(f"hit {kind}", justify="right")
         table.add_column(f"mIoU {kind}", justify="right")
-    for r in scored:
+    for r in report.scored:
         row = [
             r.label,
             str(r.n),
@@ -124,28 +46,11 @@ def run_eval(
             _fmt(r.counts.specificity),
             _fmt(r.counts.accuracy),
         ]
-        for kind in kinds:
+        for kind in report.map_kinds:
             t = r.localization[kind]
             row += [f"{_fmt(t.hit_rate)} ({t.hits}/{t.pointed})" if t.pointed else "-", _fmt(t.miou)]
         table.add_row(*row)
-    out = Console(quiet=quiet)
-    if not out.is_terminal:  # piped / captured: do not squeeze the table into 80 columns
-        out = Console(quiet=quiet, width=160)
-    out.print(table)
-
-    report = {
-        "model": engine.model_info,
-        "dataset": dataset,
-        "steps": steps,
-        "maps": list(kinds),
-        "iou_threshold_fraction": fraction,
-        "thresholds_from": "model metadata" if md.thresholds is not None else "default 0.5",
-        "seconds": seconds,
-        "classes": [r.to_dict() for r in scored],
-    }
-    if json_out is not None:
-        write_text_atomic(json_out, json.dumps(_json_safe(report), indent=1) + "\n")
-    return report
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -193,9 +98,42 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-class AUROC, sensitivity/specificity/accuracy at the model's thresholds, and
         CheXlocalize-style hit rate and mIoU of the saliency maps."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from cxr_edge.atomic import write_text_atomic
+        from cxr_edge.evaluate.datasets import open_dataset
+        from cxr_edge.evaluate.loop import evaluate_model
+        from cxr_edge.pipeline import CxrEdge
+        from cxr_edge.postprocess import MAP_KINDS, check_map_kind
+        from cxr_edge.tile import check_steps
+
         with one_line_errors():
-            try:
-                run_eval(phantoms, seed, data, model, steps, map_kind, json_out, threads, size, fraction)
-            except ValueError as exc:  # e.g. an invalid --steps from the pipeline's check
-                print_error(str(exc))
-                raise typer.Exit(EXIT_BAD_INPUT) from None
+            check_steps(steps)
+            kinds = MAP_KINDS if map_kind == "both" else (check_map_kind(map_kind, "--map (or both)"),)
+            edge = CxrEdge.load(model, threads=threads)
+            dataset = open_dataset(edge.metadata.labels, phantoms=phantoms, seed=seed, size=size, data=data)
+            columns = (
+                TextColumn("[bold]eval[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+            )
+            with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+                task = progress.add_task("", total=dataset.count)
+                report = evaluate_model(
+                    edge,
+                    dataset.cases,
+                    dataset.description,
+                    steps,
+                    map_kinds=kinds,
+                    fraction=fraction,
+                    on_case=lambda case: progress.update(task, advance=1, description=case.name),
+                )
+            out = Console()
+            if not out.is_terminal:  # piped / captured: do not squeeze the table into 80 columns
+                out = Console(width=160)
+            out.print(results_table(report, dataset.count))
+            if json_out is not None:
+                write_text_atomic(json_out, report.to_json())

@@ -1,11 +1,10 @@
-"""``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps. A thin layer
-over ``cxr_edge.pipeline.CxrEdge``; every file is written atomically."""
+"""``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps.
+
+Option parsing, one library call per image (``cxr_edge.outputs.infer_to_files``) and printing.
+"""
 
 from __future__ import annotations
 
-import io
-import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,88 +15,26 @@ from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
-    from cxr_edge.pipeline import CxrEdge, Prediction
-
-#: File suffixes a folder argument expands to (DICOM files without a suffix are skipped).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-
-
-def label_slug(label: str) -> str:
-    """File-name-safe form of a label: "Pleural Effusion" -> "pleural-effusion"."""
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "finding"
+    from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.prediction import Prediction
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files.
-
-    Missing paths and folders without images are kept as-is, so they fail as one bad input.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            files.extend(found or [item])
-        else:
-            files.append(item)
-    return files
-
-
-def output_stems(files: list[Path]) -> list[str]:
-    """Output name stem per input: the file's stem, made unique within one call (``chest``,
-    ``chest-2``, ...) so same-named files from different folders do not overwrite each other."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in files:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
-
-
-def parse_findings(text: str | None, labels: tuple[str, ...]) -> list[str] | None:
+def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...] | None:
     """``"cardiomegaly,Edema"`` -> the model's exact labels; CxrEdgeError for unknown names."""
     if text is None:
         return None
-    by_fold = {label.casefold(): label for label in labels}
-    chosen = []
-    for name in (s.strip() for s in text.split(",")):
-        if not name:
-            continue
-        if name.casefold() not in by_fold:
-            raise CxrEdgeError(
-                None, f"--findings: unknown finding {name!r}; the model has: {', '.join(labels)}"
-            )
-        chosen.append(by_fold[name.casefold()])
+    try:
+        chosen = tuple(metadata.labels[metadata.label_index(n.strip())] for n in text.split(",") if n.strip())
+    except CxrEdgeError as exc:
+        raise CxrEdgeError(None, f"--findings: {exc.problem}") from None
     if not chosen:
         raise CxrEdgeError(None, "--findings: give at least one finding name")
     return chosen
 
 
-def maps_npz_bytes(prediction: Prediction) -> bytes:
-    """``logits`` (C,), ``probabilities`` (C,), ``raw`` / ``scaled`` (C, N, N) float32 in logit
-    units (model frame), ``labels`` (C,) str, ``steps``."""
-    import numpy as np
-
-    m = prediction.maps
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        logits=np.asarray(m.logits, dtype=np.float32),
-        probabilities=np.asarray(m.probabilities, dtype=np.float32),
-        raw=np.asarray(m.raw, dtype=np.float32),
-        scaled=np.asarray(m.scaled, dtype=np.float32),
-        labels=np.array(prediction.labels),
-        steps=np.int64(prediction.steps),
-    )
-    return buf.getvalue()
-
-
-def findings_table(prediction: Prediction, shown: list[str]) -> Any:
+def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
     """A rich table of all findings; rows with an overlay are marked."""
     from rich.markup import escape
     from rich.table import Table
@@ -118,56 +55,6 @@ def findings_table(prediction: Prediction, shown: list[str]) -> Any:
             escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style
         )
     return table
-
-
-def process_one(
-    edge: CxrEdge,
-    path: Path,
-    stem: str,
-    out: Path,
-    steps: int,
-    map_kind: str,
-    findings: list[str] | None,
-    overlay: bool,
-    save_maps: bool,
-    allow_non_chest: bool,
-    dicom_out: bool = False,
-) -> tuple[Prediction, dict[str, Any], list[str]]:
-    """Run one image and write its files; everything is rendered before anything is written,
-    and each file is written atomically, so a failure leaves no partial output. ``dicom_out``:
-    also file the overlays as Secondary Captures and the findings as an SR (DICOM inputs only)."""
-    from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
-    from cxr_edge.render import encode_png
-    from cxr_edge.report import report_json
-
-    pred = edge.predict(path, steps=steps, allow_non_chest=allow_non_chest)
-    if dicom_out and pred.source != "dicom":
-        raise CxrEdgeError(path, "--dicom-out needs a DICOM input (results are filed in its study)")
-    shown = findings if findings is not None else pred.reported_labels()
-    outputs: list[tuple[Path, bytes]] = []
-    t0 = time.perf_counter()
-    overlays = {label: pred.overlay(label, map=map_kind) for label in shown} if overlay or dicom_out else {}
-    if overlay:
-        for label, rgb in overlays.items():
-            outputs.append((out / f"{stem}.{label_slug(label)}.png", encode_png(rgb)))
-    render_ms = (time.perf_counter() - t0) * 1e3
-    if dicom_out:
-        from cxr_edge.dicom_results import build_dicom_results, read_source
-        from cxr_edge.dicom_results.results import result_file_name
-
-        for result in build_dicom_results(pred, read_source(path), overlays, map_kind):
-            outputs.append((out / result_file_name(stem, result), result.data))
-    if save_maps:
-        outputs.append((out / f"{stem}.maps.npz", maps_npz_bytes(pred)))
-    report = pred.to_report(map=map_kind)
-    report["timings_ms"]["render"] = round(render_ms, 3)
-    report["overlays"] = [p.name for p, _ in outputs if p.suffix == ".png"]
-    if dicom_out:
-        report["dicom"] = [p.name for p, _ in outputs if p.suffix == ".dcm"]
-    for target, data in outputs:
-        write_bytes_atomic(target, data)
-    write_text_atomic(out / f"{stem}.json", report_json(report))
-    return pred, report, shown
 
 
 def register(app: typer.Typer) -> None:
@@ -246,15 +133,20 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from cxr_edge.pipeline import MAP_KINDS, CxrEdge, check_steps
+        from cxr_edge.io.files import expand_inputs
+        from cxr_edge.outputs import OutputOptions, infer_to_files, output_stems
+        from cxr_edge.pipeline import CxrEdge
+        from cxr_edge.postprocess import check_map_kind
         from cxr_edge.report import report_json
+        from cxr_edge.tile import check_steps
 
         with one_line_errors():
             check_steps(steps)
-            if map_kind not in MAP_KINDS:
-                raise CxrEdgeError(None, f"--map must be one of {', '.join(MAP_KINDS)}, got {map_kind!r}")
+            check_map_kind(map_kind, "--map")  # usage errors before the model is loaded
             edge = CxrEdge.load(model, threads=threads)
-            chosen = parse_findings(findings, edge.metadata.labels)
+            options = OutputOptions(
+                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, dicom=dicom_out
+            )
         files = expand_inputs(inputs)
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)
@@ -267,10 +159,7 @@ def register(app: typer.Typer) -> None:
             for path, stem in zip(files, output_stems(files)):
                 progress.update(task, description=path.name)
                 try:
-                    pred, report, shown = process_one(
-                        edge, path, stem, out, steps, map_kind, chosen, overlay, save_maps, allow_non_chest,
-                        dicom_out,
-                    )
+                    result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     if isinstance(exc, CxrEdgeError):
                         message = str(exc) if exc.path else f"{path}: {exc.problem}"
@@ -281,10 +170,11 @@ def register(app: typer.Typer) -> None:
                     reports.append({"image": str(path), "error": message})
                     print_error(message)
                 else:
-                    reports.append(report)
-                    progress.console.print(findings_table(pred, shown))
-                    if pred.info.get("scope_warning"):
-                        typer.echo(f"warning: {path}: {pred.info['scope_warning']}", err=True)
+                    reports.append(result.report)
+                    progress.console.print(findings_table(result.prediction, result.shown))
+                    warning = result.prediction.info.get("scope_warning")
+                    if warning:
+                        typer.echo(f"warning: {path}: {warning}", err=True)
                 progress.advance(task)
         if as_json:
             typer.echo(report_json(reports), nl=False)

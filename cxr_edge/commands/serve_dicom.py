@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         """
         from cxr_edge.dicom_node.destinations import parse_destination
         from cxr_edge.dicom_node.node import DicomNode, NodeConfig
-        from cxr_edge.pipeline import CxrEdge, check_steps
+        from cxr_edge.pipeline import CxrEdge
+        from cxr_edge.tile import check_steps
 
         with one_line_errors():
             config = NodeConfig(

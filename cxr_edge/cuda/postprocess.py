@@ -10,7 +10,6 @@ draws RGB overlays from the device maps. Device memory and streams come from ``c
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ from cxr_edge.cuda.kernels import (
     overlay_params,
 )
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.postprocess import SaliencyMaps
+from cxr_edge.postprocess import SaliencyMaps, check_map_kind
 
 
 def gpu_postprocess_available() -> bool:
@@ -221,8 +220,7 @@ class GpuPostprocess:
         """
         from cxr_edge.gpu import DeviceBuffer
 
-        if map not in ("raw", "scaled"):
-            raise CxrEdgeError(None, f"map must be 'raw' or 'scaled', not {map!r}")
+        check_map_kind(map)
         gray = np.ascontiguousarray(gray)
         if gray.ndim != 2 or gray.dtype != np.uint8:
             raise CxrEdgeError(None, f"gray must be (h, w) uint8, got {gray.shape} {gray.dtype}")
@@ -245,17 +243,13 @@ class GpuPostprocess:
         self._seen[:] = False
 
     def close(self) -> None:
-        """Free the device buffers (and the stream if this object created it)."""
+        """Free the device buffers (and the stream if this object created it); idempotent. The
+        pipeline closes every accumulator it opens."""
         for buf in getattr(self, "_buffers", []):
             buf.free()
         self._buffers = []
         if getattr(self, "stream", None) is not None:
             self.stream.close()
-
-    def __del__(self) -> None:
-        # The pipeline makes one accumulator per image and drops it; free its device memory.
-        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down cuda-python
-            self.close()
 
     def __enter__(self) -> GpuPostprocess:  # noqa: PYI034
         return self

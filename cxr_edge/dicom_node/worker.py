@@ -118,6 +118,7 @@ class Worker:
     def _build(self, uid: str) -> bool:
         """Infer and file the results; False (and the image moved to failed/) when impossible."""
         from cxr_edge.dicom_results import build_dicom_results, read_source
+        from cxr_edge.render import finding_overlay
 
         t0 = time.perf_counter()
         path = self.spool.source_path(uid)
@@ -125,7 +126,8 @@ class Worker:
             prediction = self.edge.predict(path, steps=self.steps)
             t1 = time.perf_counter()
             overlays = {
-                label: prediction.overlay(label, map=self.map_kind) for label in prediction.reported_labels()
+                label: finding_overlay(prediction, label, self.map_kind)
+                for label in prediction.reported_labels()
             }
             source = read_source(path)
             results = build_dicom_results(prediction, source, overlays, self.map_kind)

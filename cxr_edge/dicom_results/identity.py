@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import Prediction
+    from cxr_edge.prediction import Prediction
 
 #: Phrases by which a model's ``intended_use`` says it is not for patient care.
 _NOT_CLINICAL = re.compile(

@@ -1,5 +1,6 @@
 """All DICOM results of one prediction: one Secondary Capture per overlay and one Structured
-Report, built in memory, encoded as Part-10 bytes, or written to a folder (atomically)."""
+Report, built in memory and encoded as Part-10 bytes (``cxr_edge.outputs`` names and writes
+them; the DICOM node spools and sends them)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cxr_edge.dicom_results.uids import ResultUids
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import Prediction
+    from cxr_edge.prediction import Prediction
 
 
 @dataclass(frozen=True)
@@ -154,40 +155,3 @@ def build_dicom_results(
         sr = build_structured_report(header, prediction, uids, map_kind)
         results.append(DicomResult("sr", "", str(sr.SOPClassUID), str(sr.SOPInstanceUID), encode(sr)))
     return results
-
-
-def result_file_name(stem: str, result: DicomResult) -> str:
-    """``<stem>.<finding>.sc.dcm`` for an overlay, ``<stem>.sr.dcm`` for the report."""
-    from cxr_edge.commands.infer import label_slug  # moves to cxr_edge.outputs with the lead's refactor
-
-    return f"{stem}.{label_slug(result.label)}.sc.dcm" if result.kind == "sc" else f"{stem}.sr.dcm"
-
-
-def write_dicom_results(
-    prediction: Prediction,
-    source: str | Path | Any,
-    out_dir: str | Path,
-    overlays: Mapping[str, np.ndarray],
-    map_kind: str = "scaled",
-    stem: str | None = None,
-) -> list[Path]:
-    """Build and write the SC(s) and SR of ``prediction`` into ``out_dir``; returns the paths.
-
-    source: the DICOM file the prediction was made from, or its pydicom Dataset; overlays:
-    label -> (h, w, 3) uint8 RGB overlay to file as a Secondary Capture; stem: file name stem
-    (default: the source file's stem, or its SOP Instance UID). Everything is built before the
-    first file is written, and each file is written atomically.
-    """
-    from cxr_edge.atomic import write_bytes_atomic
-
-    ds = read_source(source)
-    if stem is None:
-        stem = Path(source).stem if isinstance(source, (str, Path)) else str(ds.SOPInstanceUID)
-    results = build_dicom_results(prediction, ds, overlays, map_kind)
-    out = Path(out_dir)
-    paths = []
-    for result in results:
-        path = out / result_file_name(stem, result)
-        write_bytes_atomic(path, result.data)
-        paths.append(path)
-    return paths

@@ -20,7 +20,7 @@ from cxr_edge.dicom_results.uids import ResultUids
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import Prediction
+    from cxr_edge.prediction import Prediction
 
 #: Series Number of the overlay series (the report's is the next one).
 OVERLAY_SERIES_NUMBER = 9901

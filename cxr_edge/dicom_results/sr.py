@@ -30,7 +30,7 @@ from cxr_edge.dicom_results.sc import MANUFACTURER, OVERLAY_SERIES_NUMBER
 from cxr_edge.dicom_results.uids import ResultUids
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import Prediction
+    from cxr_edge.prediction import Prediction
 
 REPORT_SERIES_NUMBER = OVERLAY_SERIES_NUMBER + 1
 ALGORITHM_NAME = "MedicalPatchNet (cxr-edge)"
