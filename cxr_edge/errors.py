@@ -12,3 +12,8 @@ class CxrEdgeError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ModelError(CxrEdgeError):
+    """A problem with the model, not with the image (``path`` names the model): its outputs are
+    unusable for every image, so a batch stops at the first one."""

@@ -28,9 +28,11 @@ import numpy as np
 
 from cxr_edge.backends.base import DeviceBackend, PatchBackend
 from cxr_edge.digest import sha256_file
-from cxr_edge.errors import CxrEdgeError
+from cxr_edge.errors import CxrEdgeError, ModelError
+from cxr_edge.io.budget import InputBudget
+from cxr_edge.io.plausibility import PlausibilityLimits
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.postprocess import AccumulatorFactory, DeviceAccumulator
+from cxr_edge.postprocess import AccumulatorFactory, DeviceAccumulator, SaliencyMaps
 from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
 from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
@@ -77,11 +79,50 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
     )
 
 
+def check_pixels(
+    gray: np.ndarray,
+    source: str,
+    info: dict[str, Any],
+    name: str,
+    allow_non_chest: bool = False,
+    limits: PlausibilityLimits | None = None,
+) -> dict[str, Any]:
+    """Refuse decoded pixels that cannot be a frontal chest radiograph; return ``info`` with
+    ``scope``: "header" (a DICOM header says chest radiograph) or "unverified" (PNG/JPEG, or a
+    silent header: only the pixel check of ``cxr_edge.io.plausibility`` stands behind it)."""
+    from cxr_edge.io.plausibility import chest_tone_problem, image_problem
+
+    problem = image_problem(gray, limits)
+    if problem:
+        raise CxrEdgeError(name, f"refused, {problem}")
+    info = dict(info)
+    if info.get("scope") != "header":
+        info["scope"] = "unverified"
+        tone = chest_tone_problem(gray, limits)
+        if tone and not allow_non_chest:
+            raise CxrEdgeError(name, f"refused, {tone}; override with allow_non_chest / --allow-non-chest")
+        if tone:
+            info["scope_warning"] = tone
+    return info
+
+
 def prepare_image(
-    image: str | Path | np.ndarray, metadata: ModelMetadata, allow_non_chest: bool = False
+    image: str | Path | np.ndarray,
+    metadata: ModelMetadata,
+    allow_non_chest: bool = False,
+    budget: InputBudget | None = None,
+    limits: PlausibilityLimits | None = None,
 ) -> PreparedImage:
     """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
-    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input."""
+    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input.
+
+    Files are read within ``budget`` (bytes and header pixels, before decoding). With ``limits``
+    (``CxrEdge.prepare`` / ``predict`` always pass them) the decoded pixels are checked by
+    ``check_pixels`` (size, aspect, near-constant, noise, and for files no header vouches for,
+    the chest-tone check that ``allow_non_chest`` overrides); without, they are only decoded
+    (calibration sets). Arrays are the caller's: they are not checked
+    (``cxr_edge.io.plausibility.image_problem`` is public).
+    """
     clock = time.perf_counter
     t0 = clock()
     name: str | None = None
@@ -89,8 +130,11 @@ def prepare_image(
     if isinstance(image, (str, Path)):
         from cxr_edge.io import load_xray
 
-        xray = load_xray(image, allow_non_chest=allow_non_chest)
-        gray, name, source, info = xray.pixels, str(image), xray.source, dict(xray.info)
+        xray = load_xray(image, allow_non_chest=allow_non_chest, budget=budget)
+        gray, name, source = xray.pixels, str(image), xray.source
+        info = dict(xray.info)
+        if limits is not None:
+            info = check_pixels(gray, source, info, name, allow_non_chest, limits)
     else:
         gray = _as_gray(image)
     t1 = clock()
@@ -156,6 +200,10 @@ class CxrEdge:
         self.max_patches = max(int(max_patches), self.metadata.patches_per_image)
         self._backend_lock = None if backend.thread_safe else threading.Lock()
         self._model_info: dict[str, Any] | None = None
+        #: Limits on each input file, checked before decoding (``cxr_edge.io.budget``).
+        self.input_budget = InputBudget()
+        #: Numbers of the pixel plausibility checks (``cxr_edge.io.plausibility``).
+        self.plausibility = PlausibilityLimits()
 
     @classmethod
     def load(
@@ -206,9 +254,23 @@ class CxrEdge:
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
 
+    def _check_finite(self, maps: SaliencyMaps, image: str | None) -> None:
+        """Non-finite outputs mean a broken model (or engine), never a "negative" finding."""
+        for what, values in (("logits", maps.logits), ("raw map", maps.raw), ("scaled map", maps.scaled)):
+            if not np.all(np.isfinite(values)):
+                self._raise_non_finite(what, values, image)
+
+    def _raise_non_finite(self, what: str, values: np.ndarray, image: str | None) -> None:
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise ModelError(
+            self.model_path or self.backend.name,
+            f"the model gave non-finite outputs (NaN or infinity: {bad} of {np.size(values)} {what}) "
+            f"on {image or 'the image'}; its results cannot be used",
+        )
+
     def prepare(self, image: str | Path | np.ndarray, allow_non_chest: bool = False) -> PreparedImage:
         """Decode and preprocess ``image`` for this model (``prepare_image``)."""
-        return prepare_image(image, self.metadata, allow_non_chest)
+        return prepare_image(image, self.metadata, allow_non_chest, self.input_budget, self.plausibility)
 
     def predict(
         self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
@@ -254,6 +316,8 @@ class CxrEdge:
                     else:
                         logits = self.backend.run(batch.patches)
                         t1 = clock()
+                        if not np.all(np.isfinite(logits)):  # before the postprocess does arithmetic on them
+                            self._raise_non_finite("logits", logits, prepared.name)
                         acc.add(batch.pairs, logits)
                     t2 = clock()
                 backend_s += t1 - t0
@@ -269,6 +333,7 @@ class CxrEdge:
             post_s += clock() - t0
         finally:
             acc.close()
+        self._check_finite(maps, prepared.name)
         timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
 
         return Prediction(

@@ -21,7 +21,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes as dicom_codes
 
 from cxr_edge.dicom_results import codes
-from cxr_edge.dicom_results.identity import NOT_FOR_CLINICAL_USE, says_not_clinical
+from cxr_edge.dicom_results.identity import NOT_FOR_CLINICAL_USE, series_description
 from cxr_edge.dicom_results.uids import derived_uid
 from cxr_edge.io import load_xray
 from cxr_edge.metadata import CHEXPERT_LABELS
@@ -90,7 +90,8 @@ def check_results(edge: CxrEdge, source_path: Path, out: Path) -> None:
     for sc, label in zip(scs, sorted(shown, key=pred.labels.index)):
         assert sc.BurnedInAnnotation == "YES"
         assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
-        assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+        # The overlay frame: the X-ray at full resolution between banner and legend strips.
+        assert sc.Columns >= source.Columns and sc.Rows > source.Rows
         np.testing.assert_array_equal(sc.pixel_array, overlays[label])
         (ref,) = sc.SourceImageSequence
         assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (
@@ -236,12 +237,18 @@ def test_every_chexpert_label_has_a_concept_documented() -> None:
     )
 
 
-def test_says_not_clinical() -> None:
-    assert says_not_clinical("Demo model, trained on synthetic phantoms; not for clinical use.")
-    assert says_not_clinical("Research use only")
-    assert says_not_clinical("This is not a medical device")
-    assert not says_not_clinical("")
-    assert not says_not_clinical("Cleared for triage of frontal chest radiographs")
+def test_series_description_says_not_for_clinical_use_unless_cleared(
+    edge: CxrEdge, sample_dicom: Path
+) -> None:
+    import dataclasses
+
+    pred = edge.predict(sample_dicom, steps=STEPS)
+    assert series_description(pred, "findings").endswith(NOT_FOR_CLINICAL_USE)  # the demo model
+    cleared = dataclasses.replace(
+        pred, metadata=pred.metadata.with_(intended_use="Clinical use: adult frontal CXR triage")
+    )
+    text = series_description(cleared, "findings")
+    assert NOT_FOR_CLINICAL_USE not in text and pred.model["sha256"][:8] in text and len(text) <= 64
 
 
 def test_infer_dicom_out_writes_the_results_and_refuses_other_inputs(
@@ -272,4 +279,4 @@ def test_infer_dicom_out_writes_the_results_and_refuses_other_inputs(
     run = CliRunner().invoke(app, ["infer", str(sample_image_path()), "--dicom-out", "--out", str(png_out)])
     assert run.exit_code == 2
     assert "--dicom-out needs a DICOM input" in run.output
-    assert not png_out.exists() or not list(png_out.iterdir())
+    assert not [p for p in png_out.glob("sample_chest*")]  # no result files of the refused image

@@ -23,6 +23,16 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class OnnxRuntimeBackend:
     """Runs the patch model with ONNX Runtime's CPU execution provider.
 
@@ -46,8 +56,11 @@ class OnnxRuntimeBackend:
             raise CxrEdgeError(self.model_path, "no such model file")
         if max_batch < 1:
             raise CxrEdgeError(self.model_path, f"max_batch must be >= 1, got {max_batch}")
-        if threads is not None and threads < 1:
-            raise CxrEdgeError(self.model_path, f"threads must be >= 1, got {threads}")
+        if threads is not None and not 1 <= threads <= available_cores():
+            raise CxrEdgeError(
+                None,
+                f"--threads must be 1..{available_cores()} (the CPU cores this process may use), got {threads}",
+            )
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime decides

@@ -1,16 +1,24 @@
 """``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps.
 
-Option parsing, one library call per image (``cxr_edge.outputs.infer_to_files``) and printing.
+Option parsing, one library call for the batch (``cxr_edge.batch.run_batch``, which owns the
+output folder, the per-image result sets and the index) and printing.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr_edge.commands.common import EXIT_BAD_INPUT, EXIT_PARTIAL, one_line_errors, print_error
+from cxr_edge.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_PARTIAL,
+    one_line_errors,
+    print_error,
+    print_warning,
+    printable,
+)
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
@@ -35,12 +43,21 @@ def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...]
 
 
 def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
-    """A rich table of all findings; rows with an overlay are marked."""
+    """A rich table of all findings; rows with an overlay are marked. The title names the image
+    and the model (file, variant, short sha256); the caption carries the NOT FOR CLINICAL USE
+    banner when the model's intended use is not clinical, as the overlays do."""
     from rich.markup import escape
     from rich.table import Table
 
-    title = escape(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
-    table = Table(title=title, title_justify="left")
+    from cxr_edge.render import clinical_use_banner, model_identity
+
+    head = printable(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
+    title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
+    banner = clinical_use_banner(prediction)
+    caption = escape(banner) if banner else None
+    table = Table(
+        title=title, title_justify="left", caption=caption, caption_justify="left", caption_style="bold red"
+    )
     table.add_column("finding")
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
@@ -107,15 +124,33 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")
+            int | None,
+            typer.Option("--threads", min=1, help="CPU threads, 1 .. the cores available (default: all)."),
         ] = None,
         allow_non_chest: Annotated[
             bool,
             typer.Option(
                 "--allow-non-chest",
-                help="Process files whose header says they are not a frontal chest X-ray.",
+                help="Process files that look like no frontal chest X-ray: a DICOM header saying so, "
+                "or PNG/JPEG pixels with a CT slice's tones.",
             ),
         ] = False,
+        center: Annotated[
+            str,
+            typer.Option(
+                "--center",
+                help="Neutral (white) point of the overlay colours: 'threshold' (the model's decision "
+                "threshold: red pushes toward calling the finding) or 'zero' (logit 0, the paper's display).",
+            ),
+        ] = "threshold",
+        max_megapixels: Annotated[
+            float,
+            typer.Option(
+                "--max-megapixels",
+                help="Input budget: refuse files whose header declares more pixels (and files over "
+                "4 bytes per budgeted pixel), before decoding.",
+            ),
+        ] = 100.0,
         dicom_out: Annotated[
             bool,
             typer.Option(
@@ -127,60 +162,67 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
-        Prints a findings table per image and writes OUT/<stem>.json. Exit code 0: all images
-        done; 1: some failed (each named on stderr); 2: all failed or bad usage.
+        Prints a findings table per image, writes OUT/<stem>.json (plus overlays and maps) per
+        image, all or nothing, and OUT/index.csv listing every input with its status and files.
+        Exit code 0: all images done; 1: some failed (each named on stderr); 2: all failed, the
+        model failed, or bad usage.
         """
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from cxr_edge.io.files import expand_inputs
-        from cxr_edge.outputs import OutputOptions, infer_to_files, output_stems
+        from cxr_edge.batch import BatchItem, check_output_directory, run_batch
+        from cxr_edge.io.budget import InputBudget
+        from cxr_edge.outputs import OutputOptions
         from cxr_edge.pipeline import CxrEdge
         from cxr_edge.postprocess import check_map_kind
+        from cxr_edge.render import check_center
         from cxr_edge.report import report_json
         from cxr_edge.tile import check_steps
 
         with one_line_errors():
             check_steps(steps)
             check_map_kind(map_kind, "--map")  # usage errors before the model is loaded
+            check_center(center, "--center")
+            budget = InputBudget.megapixels(max_megapixels)
+            check_output_directory(out, inputs)  # a bad --out fails before any compute
             edge = CxrEdge.load(model, threads=threads)
+            edge.input_budget = budget
             options = OutputOptions(
-                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, dicom=dicom_out
+                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center, dicom_out
             )
-        files = expand_inputs(inputs)
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)
-        reports: list[dict[str, Any]] = []
-        failed = 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        # one_line_errors here only turns Ctrl-C into "error: interrupted" and exit 130.
+        # Here one_line_errors catches a busy output folder and Ctrl-C ("error: interrupted", 130).
         with one_line_errors(), Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("infer", total=len(files))
-            for path, stem in zip(files, output_stems(files)):
-                progress.update(task, description=path.name)
-                try:
-                    result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                    if isinstance(exc, CxrEdgeError):
-                        message = str(exc) if exc.path else f"{path}: {exc.problem}"
-                    else:
-                        message = f"{path}: {type(exc).__name__}: {exc}"
-                    message = " ".join(message.split("\n"))  # one line, whatever the source
-                    failed += 1
-                    reports.append({"image": str(path), "error": message})
-                    print_error(message)
+            task = progress.add_task("infer", total=None)
+
+            def started(files: object) -> None:
+                progress.update(task, total=len(files))  # type: ignore[arg-type]
+
+            def done(item: BatchItem) -> None:
+                if item.result is None:
+                    print_error(item.error or f"{item.input}: failed")
                 else:
-                    reports.append(result.report)
-                    progress.console.print(findings_table(result.prediction, result.shown))
-                    warning = result.prediction.info.get("scope_warning")
+                    progress.console.print(findings_table(item.result.prediction, item.result.shown))
+                    warning = item.result.prediction.info.get("scope_warning")
                     if warning:
-                        typer.echo(f"warning: {path}: {warning}", err=True)
+                        print_warning(f"{item.input}: {warning}")
                 progress.advance(task)
+
+            summary = run_batch(edge, inputs, options, steps, allow_non_chest, on_item=done, on_start=started)
         if as_json:
+            reports = [
+                item.result.report
+                if item.result
+                else {"image": str(item.input), "status": item.status, "error": item.error}
+                for item in summary.items
+            ]
             typer.echo(report_json(reports), nl=False)
+        typer.echo(printable(f"infer: {summary.line()}"), err=True)
+        failed = summary.count("failed") + summary.count("not run")
+        if summary.stopped:
+            print_error("batch stopped: the model gave unusable outputs (above); later inputs were not run")
+            raise typer.Exit(EXIT_BAD_INPUT)
         if failed:
-            if failed == len(files):
-                print_error(f"all {len(files)} input(s) failed")
-                raise typer.Exit(EXIT_BAD_INPUT)
-            print_error(f"{failed} of {len(files)} input(s) failed")
-            raise typer.Exit(EXIT_PARTIAL)
+            raise typer.Exit(EXIT_BAD_INPUT if failed == len(summary.items) else EXIT_PARTIAL)

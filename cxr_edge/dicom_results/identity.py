@@ -1,30 +1,20 @@
-"""Who made a result: the model's identity as short text for DICOM headers, and whether the
-model declares itself not for clinical use."""
+"""Who made a result, as short text for DICOM headers: the model's identity and, for a model
+not cleared for clinical use (``cxr_edge.metadata.cleared_for_clinical_use``, the same test the
+overlay's banner uses), "NOT FOR CLINICAL USE"."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
+
+from cxr_edge.metadata import cleared_for_clinical_use
 
 if TYPE_CHECKING:
     from cxr_edge.prediction import Prediction
-
-#: Phrases by which a model's ``intended_use`` says it is not for patient care.
-_NOT_CLINICAL = re.compile(
-    r"not\s+(intended\s+)?for\s+clinical|not\s+a\s+medical\s+device|research\s+use\s+only|"
-    r"for\s+research\s+only|investigational",
-    re.IGNORECASE,
-)
 
 #: Hex digits of the model's sha256 shown in headers (the SR carries all 64).
 SHORT_HASH = 12
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
-
-
-def says_not_clinical(intended_use: str) -> bool:
-    """True when the model's intended-use text says it is not for clinical use."""
-    return bool(_NOT_CLINICAL.search(intended_use or ""))
 
 
 def model_sha256(prediction: Prediction) -> str:
@@ -41,9 +31,9 @@ def model_label(prediction: Prediction) -> str:
 
 def series_description(prediction: Prediction, what: str) -> str:
     """Series Description (LO, at most 64 characters): what the series holds, the model's short
-    identity and, for a model that says so, "NOT FOR CLINICAL USE"."""
+    identity and, unless the model is cleared for clinical use, "NOT FOR CLINICAL USE"."""
     md = prediction.metadata
     text = f"AI {what} {md.variant.name} {model_sha256(prediction)[:8]}"
-    if says_not_clinical(md.intended_use):
+    if not cleared_for_clinical_use(md.intended_use):
         text += f" {NOT_FOR_CLINICAL_USE}"
     return text[:64]

@@ -3,10 +3,13 @@
 highdicom's ``SCImage.from_ref_dataset`` copies the Patient and General Study modules from the
 source and writes the SC Equipment, SC Image and Image Pixel modules; highdicom's
 ``ReferencedImageSequence`` references the source image. The attributes highdicom has no
-parameter for are set by keyword: Burned In Annotation (YES: the overlay carries its legend and
-banner as pixels), the Source Image Sequence (purpose: source image for an image processing
+parameter for are set by keyword: Burned In Annotation (YES: the overlay's banner and legend
+strips carry the model identity, the call and, for a model not cleared for clinical use, that
+statement, as pixels), the Source Image Sequence (purpose: source image for an image processing
 operation), Derivation Description, and, when the source has no usable Patient Orientation or
-Laterality, empty ones (type 2: unknown; the overlay has the source's geometry).
+Laterality, empty ones (type 2: unknown). The pixels are ``cxr_edge.render.finding_overlay``'s
+frame: the X-ray at its own resolution and orientation between a banner strip and a legend
+strip, so as wide as the source and taller.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ def build_secondary_capture(
     instance_number: int,
     map_kind: str = "scaled",
 ) -> Any:
-    """The SC (a ``highdicom.sc.SCImage``) of ``label``'s overlay ``rgb`` ((h, w, 3) uint8 RGB
-    on the source's pixel grid, Rows x Columns) for the source dataset ``source``; ``map_kind``:
-    the map the overlay shows ("raw" or "scaled")."""
+    """The SC (a ``highdicom.sc.SCImage``) of ``label``'s overlay ``rgb`` ((H, W, 3) uint8 RGB,
+    ``cxr_edge.render.finding_overlay``) for the source dataset ``source``; ``map_kind``: the map
+    the overlay shows ("raw" or "scaled")."""
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -66,9 +69,6 @@ def build_secondary_capture(
         raise CxrEdgeError(
             None, f"overlay of {label!r} must be (h, w, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}"
         )
-    grid = (int(source.Rows), int(source.Columns))
-    if rgb.shape[:2] != grid:
-        raise CxrEdgeError(None, f"overlay of {label!r} is {rgb.shape[:2]}, the source image is {grid}")
     orientation = _patient_orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
