@@ -36,7 +36,7 @@ from cxr_edge.outputs import (
 )
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import CxrEdge
+    from cxr_edge.pipeline import Predictor
 
 INDEX_NAME = "index.csv"
 INDEX_COLUMNS = ("input", "status", "stem", "outputs", "error")
@@ -103,10 +103,12 @@ class BatchSummary:
         return sum(item.status == status for item in self.items)
 
     def line(self) -> str:
-        """``4 input(s): 3 ok, 1 failed, 0 not run; index out/index.csv``."""
+        """``4 input(s): 3 ok, 1 failed, 0 not run; index out/index.csv``, with ``(stopped at a
+        model or service error)`` after the counts when a ModelError ended the batch early."""
         where = f"; index {self.index}" if self.index else ""
         counts = ", ".join(f"{self.count(s)} {s}" for s in STATUSES)
-        return f"{len(self.items)} input(s): {counts}{where}"
+        stopped = " (stopped at a model or service error)" if self.stopped else ""
+        return f"{len(self.items)} input(s): {counts}{stopped}{where}"
 
 
 def _error_line(path: Path, exc: BaseException) -> str:
@@ -141,7 +143,7 @@ def _unique(files: Sequence[Path]) -> list[Path]:
 
 
 def run_batch(
-    edge: CxrEdge,
+    edge: Predictor,
     inputs: Sequence[Path],
     options: OutputOptions,
     steps: int,

@@ -15,5 +15,9 @@ class CxrEdgeError(Exception):
 
 
 class ModelError(CxrEdgeError):
-    """A problem with the model, not with the image (``path`` names the model): its outputs are
-    unusable for every image, so a batch stops at the first one."""
+    """A problem with the model or the service running it, not with the image (``path`` names
+    the model or the server): no later image can succeed, so a batch stops at the first one."""
+
+
+class ServiceUnavailableError(ModelError):
+    """The service that runs the model (a Triton server) cannot be reached or went away."""

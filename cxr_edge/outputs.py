@@ -49,7 +49,7 @@ from cxr_edge.prediction import Prediction
 
 if TYPE_CHECKING:
     from cxr_edge.dicom_results import DicomResult
-    from cxr_edge.pipeline import CxrEdge
+    from cxr_edge.pipeline import Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
 MAX_NAME_BYTES = 255
@@ -404,13 +404,14 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
 
 
 def infer_to_files(
-    edge: CxrEdge,
+    edge: Predictor,
     image: str | Path,
     stem: str,
     options: OutputOptions,
     steps: int,
     allow_non_chest: bool = False,
 ) -> ImageResult:
-    """Predict one image with ``edge`` and write its result set: ``infer``'s unit of work."""
+    """Predict one image with ``edge`` (in-process ``CxrEdge`` or a Triton server's
+    ``TritonCxrEdge``) and write its result set: ``infer``'s unit of work."""
     prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
     return write_result_set(prediction, stem, options)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -144,6 +144,43 @@ def prepare_image(
     return PreparedImage(gray, pre.image, pre.crop, name, source, info, timings)
 
 
+def describe_model(metadata: ModelMetadata, path: str | None, sha256: str | None) -> dict[str, Any]:
+    """What a report says about the model: its file (path, sha256) and a metadata summary."""
+    md = metadata
+    return {
+        "path": path,
+        "sha256": sha256,
+        "variant": md.variant.name,
+        "precision": md.precision,
+        "image_size": md.image_size,
+        "patch_size": md.patch_size,
+        "labels": list(md.labels),
+        "has_thresholds": md.thresholds is not None,
+        "checkpoint_sha256": md.checkpoint_sha256 or None,
+        "preprocessing": md.preprocessing,
+        "package_version": md.package_version,
+        "intended_use": md.intended_use,
+    }
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``infer`` and a cart's software need of a model: ``CxrEdge`` in this process, or
+    ``cxr_edge.triton.client.TritonCxrEdge`` on a Triton server."""
+
+    metadata: ModelMetadata
+    #: Limits on each input file and the pixel plausibility checks (see ``CxrEdge``).
+    input_budget: InputBudget
+    plausibility: PlausibilityLimits
+
+    @property
+    def model_info(self) -> dict[str, Any]: ...
+
+    def predict(
+        self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
+    ) -> Prediction: ...
+
+
 def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
     if kind == "auto":
         kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
@@ -234,23 +271,9 @@ class CxrEdge:
     def model_info(self) -> dict[str, Any]:
         """What the report says about the model: path, sha256, metadata summary, intended use."""
         if self._model_info is None:
-            md = self.metadata
-            info: dict[str, Any] = {
-                "path": None if self.model_path is None else str(self.model_path),
-                "sha256": None,
-                "variant": md.variant.name,
-                "precision": md.precision,
-                "image_size": md.image_size,
-                "patch_size": md.patch_size,
-                "labels": list(md.labels),
-                "has_thresholds": md.thresholds is not None,
-                "checkpoint_sha256": md.checkpoint_sha256 or None,
-                "preprocessing": md.preprocessing,
-                "package_version": md.package_version,
-                "intended_use": md.intended_use,
-            }
-            if self.model_path is not None and self.model_path.is_file():
-                info["sha256"] = sha256_file(self.model_path)
+            path = self.model_path
+            sha256 = sha256_file(path) if path is not None and path.is_file() else None
+            info = describe_model(self.metadata, None if path is None else str(path), sha256)
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
 

@@ -151,6 +151,15 @@ def register(app: typer.Typer) -> None:
                 "4 bytes per budgeted pixel), before decoding.",
             ),
         ] = 100.0,
+        server: Annotated[
+            str | None,
+            typer.Option(
+                "--server",
+                metavar="URL",
+                help="Run the model on a Triton server (grpc://HOST:8001 or http://HOST:8000) holding a "
+                "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
+            ),
+        ] = None,
         dicom_out: Annotated[
             bool,
             typer.Option(
@@ -173,7 +182,7 @@ def register(app: typer.Typer) -> None:
         from cxr_edge.batch import BatchItem, check_output_directory, run_batch
         from cxr_edge.io.budget import InputBudget
         from cxr_edge.outputs import OutputOptions
-        from cxr_edge.pipeline import CxrEdge
+        from cxr_edge.pipeline import CxrEdge, Predictor
         from cxr_edge.postprocess import check_map_kind
         from cxr_edge.render import check_center
         from cxr_edge.report import report_json
@@ -185,7 +194,15 @@ def register(app: typer.Typer) -> None:
             check_center(center, "--center")
             budget = InputBudget.megapixels(max_megapixels)
             check_output_directory(out, inputs)  # a bad --out fails before any compute
-            edge = CxrEdge.load(model, threads=threads)
+            edge: Predictor
+            if server is not None:
+                if model is not None or threads is not None:
+                    raise CxrEdgeError(None, "--server runs the server's model: drop --model and --threads")
+                from cxr_edge.triton.client import TritonCxrEdge
+
+                edge = TritonCxrEdge(server)
+            else:
+                edge = CxrEdge.load(model, threads=threads)
             edge.input_budget = budget
             options = OutputOptions(
                 out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center, dicom_out
@@ -221,8 +238,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(report_json(reports), nl=False)
         typer.echo(printable(f"infer: {summary.line()}"), err=True)
         failed = summary.count("failed") + summary.count("not run")
-        if summary.stopped:
-            print_error("batch stopped: the model gave unusable outputs (above); later inputs were not run")
+        if summary.stopped:  # the item's error line says why; the summary line says what was not run
             raise typer.Exit(EXIT_BAD_INPUT)
         if failed:
             raise typer.Exit(EXIT_BAD_INPUT if failed == len(summary.items) else EXIT_PARTIAL)
