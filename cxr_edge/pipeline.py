@@ -4,14 +4,22 @@
     pred = edge.predict("chest.png", steps=8)  # or an (h, w) uint8 / float array
     pred.findings, pred.maps.scaled            # a plain Prediction (cxr_edge.prediction)
 
-Stages: decode -> preprocess (``prepare_image``) -> tile (bounded chunks) -> backend ->
-postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
+Stages: decode -> preprocess (``prepare_image``) -> tile (chunks of the backend's batch) ->
+backend -> postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
 (TensorRT) and a GPU postprocess (CUDA accumulator) plug in without touching ``predict``; the
-pipeline finds them through the ``DeviceBackend`` / ``DeviceAccumulator`` protocols.
+pipeline finds them through the ``ChunkedBackend`` / ``DeviceBackend`` / ``DeviceAccumulator``
+protocols.
 
-Threads: ``predict`` keeps no shared mutable state (each call has its own accumulator and
-timings). A backend that declares ``thread_safe = False`` is guarded by a lock (around run +
-accumulate), so concurrent calls are always safe.
+Device path (a ``DeviceBackend``, a ``DeviceAccumulator`` and a ``DeviceImage``): the model-frame
+image is uploaded once; per chunk the CUDA tile kernel writes the patches into the engine's
+input buffer and the engine writes the logits into the postprocess's buffer, all on the engine's
+stream; the postprocess stream waits for an event recorded there; one host sync per image (the
+download of the maps). Patches and patch logits never touch the host.
+
+Threads: concurrent ``predict`` calls never share mutable state: each takes its own postprocess
+from a pool (reusable ones, e.g. GPU buffers, are kept per S for the model's life and freed by
+``close``). A backend that declares ``thread_safe = False``, and every device backend, is guarded
+by a lock around enqueueing an image's (or a chunk's) work.
 """
 
 from __future__ import annotations
@@ -26,20 +34,33 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cxr_edge.backends.base import DeviceBackend, PatchBackend
+from cxr_edge.backends.base import (
+    DEFAULT_CHUNK_PATCHES,
+    ChunkedBackend,
+    Closeable,
+    DeviceBackend,
+    DeviceImage,
+    DeviceImageFactory,
+    PatchBackend,
+)
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError, ModelError
 from cxr_edge.io.budget import InputBudget
 from cxr_edge.io.plausibility import PlausibilityLimits
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.postprocess import AccumulatorFactory, DeviceAccumulator, SaliencyMaps
+from cxr_edge.pool import Pool
+from cxr_edge.postprocess import (
+    Accumulator,
+    AccumulatorFactory,
+    DeviceAccumulator,
+    ReusableAccumulator,
+    SaliencyMaps,
+)
 from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
 from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
 
-#: Patches tiled and sent to the backend per chunk on the host path. 256 patches = 4 shifted
-#: images, 16 MiB of input; keeps peak memory bounded for any S (S = 64 is 262,144 patches).
-DEFAULT_CHUNK_PATCHES = 256
+__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "prepare_image"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +234,28 @@ def _default_accumulator() -> AccumulatorFactory:
     return SaliencyAccumulator
 
 
+def _default_device_image(backend: PatchBackend) -> DeviceImageFactory | None:
+    """The CUDA tile kernel's ``CudaDeviceImage`` for a device backend when the kernel library,
+    cuda-python and a GPU are present, else None (patches are tiled on the host)."""
+    if not isinstance(backend, DeviceBackend):
+        return None
+    from cxr_edge.cuda.kernels import find_library
+
+    if find_library() is None:
+        return None
+    from cxr_edge.cuda.postprocess import gpu_postprocess_available
+
+    if not gpu_postprocess_available():
+        return None
+    from cxr_edge.cuda.tiling import CudaDeviceImage
+
+    return CudaDeviceImage
+
+
+def _close(resource: Accumulator | DeviceImage) -> None:
+    resource.close()
+
+
 class CxrEdge:
     """A loaded model, ready to ``predict`` on images. Create it once with ``CxrEdge.load``."""
 
@@ -221,11 +264,16 @@ class CxrEdge:
         backend: PatchBackend,
         model_path: str | Path | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_CHUNK_PATCHES,
+        max_patches: int | None = None,
+        device_image: DeviceImageFactory | None = None,
+        tile_on_device: bool = True,
     ) -> None:
         """backend: any PatchBackend; model_path: the file it came from (for reports);
-        accumulator: the postprocess factory (default: numpy ``SaliencyAccumulator``);
-        max_patches: patches per tile/backend chunk (bounds memory)."""
+        accumulator: the postprocess factory (default: the CUDA postprocess when usable, else
+        numpy ``SaliencyAccumulator``); max_patches: patches per tile/backend chunk (None: the
+        backend's ``chunk_patches``, else ``DEFAULT_CHUNK_PATCHES``); device_image: how a device
+        backend gets its patches tiled on the GPU (default: the CUDA tile kernel when usable);
+        tile_on_device=False tiles on the host even for a device backend."""
         if not isinstance(backend, PatchBackend):
             raise CxrEdgeError(
                 None, f"{type(backend).__name__} is not a PatchBackend (metadata, name, thread_safe, run)"
@@ -234,9 +282,32 @@ class CxrEdge:
         self.metadata: ModelMetadata = backend.metadata
         self.model_path = None if model_path is None else Path(model_path)
         self._accumulator = accumulator or _default_accumulator()
-        self.max_patches = max(int(max_patches), self.metadata.patches_per_image)
-        self._backend_lock = None if backend.thread_safe else threading.Lock()
+        per_shift = self.metadata.patches_per_image
+        if max_patches is None:
+            max_patches = (
+                backend.chunk_patches if isinstance(backend, ChunkedBackend) else DEFAULT_CHUNK_PATCHES
+            )
+        self.max_patches = max(int(max_patches), per_shift)
+        device = isinstance(backend, DeviceBackend)
+        self._backend_lock = threading.Lock() if device or not backend.thread_safe else None
         self._model_info: dict[str, Any] | None = None
+        self._owns_backend = False
+        md = self.metadata
+        self._accumulators: Pool[int, Accumulator] = Pool(
+            lambda steps: self._accumulator(steps, md.image_size, md.patch_size, md.num_classes), _close
+        )
+        factory = None
+        if tile_on_device:
+            factory = device_image if device_image is not None else _default_device_image(backend)
+        self._device_images: Pool[int, DeviceImage] | None = None
+        if factory is not None and isinstance(backend, DeviceBackend):
+            if backend.chunk_patches < per_shift:
+                raise CxrEdgeError(
+                    None,
+                    f"{backend.name} takes {backend.chunk_patches} patches per call, fewer than one "
+                    f"shifted copy ({per_shift}): it cannot run tiled on the device",
+                )
+            self._device_images = Pool(lambda _key: factory(md.image_size, md.patch_size), _close)
         #: Limits on each input file, checked before decoding (``cxr_edge.io.budget``).
         self.input_budget = InputBudget()
         #: Numbers of the pixel plausibility checks (``cxr_edge.io.plausibility``).
@@ -249,7 +320,7 @@ class CxrEdge:
         backend: str | PatchBackend = "auto",
         threads: int | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_CHUNK_PATCHES,
+        max_patches: int | None = None,
     ) -> CxrEdge:
         """Open a model. model: an ONNX file (default: the bundled demo model) or a TensorRT
         engine (.plan/.engine); backend: "auto" (TensorRT for an engine, else ONNX Runtime),
@@ -264,6 +335,7 @@ class CxrEdge:
         if not model.is_file():
             raise CxrEdgeError(model, "no such model file")
         edge = cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        edge._owns_backend = True  # opened here, so closed by close()
         _ = edge.model_info  # hash the model file now, not inside the first predict
         return edge
 
@@ -304,60 +376,31 @@ class CxrEdge:
         steps: shifts per patch side S (power of two, 1..64); S*S shifted copies are run.
         allow_non_chest: accept files whose DICOM header says they are not a frontal chest
         radiograph. Raises CxrEdgeError for unreadable or unsuitable input.
+        Timings (ms): decode, preprocess, tile, backend, postprocess; on a GPU "tile" and
+        "backend" are the host's enqueue times and "postprocess" includes the wait for the GPU.
         """
         md = self.metadata
         steps = check_steps(steps, md.patch_size)
         prepared = self.prepare(image, allow_non_chest)
         timings = dict(prepared.timings_ms)
-        clock = time.perf_counter
 
-        acc = self._accumulator(steps, md.image_size, md.patch_size, md.num_classes)
+        acc = self._accumulators.take(steps)
         try:
-            # GPU backend + GPU postprocess: the engine writes logits straight into the
-            # postprocess's buffer, so patch logits never travel through the host.
-            device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-            device_acc = acc if isinstance(acc, DeviceAccumulator) else None
-            on_device = device_backend is not None and device_acc is not None
-            tile_s = backend_s = post_s = 0.0
-            batches: Iterator[PatchBatch] = iter_patch_batches(
-                prepared.model_input, steps, md.patch_size, self.max_patches
-            )
-            while True:
-                t0 = clock()
-                batch = next(batches, None)
-                tile_s += clock() - t0
-                if batch is None:
-                    break
-                # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
-                # logits may live in buffers the next run overwrites.
-                with self._backend_lock or contextlib.nullcontext():
-                    t0 = clock()
-                    if device_backend is not None and device_acc is not None:
-                        device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
-                        t1 = clock()
-                        device_acc.mark_written(batch.first_shift, len(batch.pairs))
-                    else:
-                        logits = self.backend.run(batch.patches)
-                        t1 = clock()
-                        if not np.all(np.isfinite(logits)):  # before the postprocess does arithmetic on them
-                            self._raise_non_finite("logits", logits, prepared.name)
-                        acc.add(batch.pairs, logits)
-                    t2 = clock()
-                backend_s += t1 - t0
-                post_s += t2 - t1
-            t0 = clock()
-            if on_device and device_backend is not None:
-                # the postprocess runs on its own stream: let the engine finish first
-                with self._backend_lock or contextlib.nullcontext():
-                    device_backend.synchronize()
-                backend_s += clock() - t0
-                t0 = clock()
-            maps = acc.finish(md.labels)
-            post_s += clock() - t0
-        finally:
-            acc.close()
+            if isinstance(acc, ReusableAccumulator):
+                acc.reset()
+            if self._device_images is not None and isinstance(acc, DeviceAccumulator):
+                maps, stage_ms = self._run_on_device(prepared.model_input, steps, acc)
+            else:
+                maps, stage_ms = self._run_on_host(prepared.model_input, steps, acc, prepared.name)
+        except BaseException:
+            self._accumulators.discard(acc)  # half-used: never hand it to the next image
+            raise
+        if isinstance(acc, ReusableAccumulator):
+            self._accumulators.give(steps, acc)
+        else:
+            self._accumulators.discard(acc)
         self._check_finite(maps, prepared.name)
-        timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
+        timings.update(stage_ms)
 
         return Prediction(
             findings=findings_from(maps, md),
@@ -372,3 +415,102 @@ class CxrEdge:
             info=prepared.info,
             timings_ms=timings,
         )
+
+    def _run_on_host(
+        self, model_input: np.ndarray, steps: int, acc: Accumulator, image: str | None = None
+    ) -> tuple[SaliencyMaps, dict[str, float]]:
+        """Tile on the host in chunks of ``max_patches``; logits to the accumulator via the host,
+        or straight into a device accumulator's buffer when the backend is a device backend."""
+        md = self.metadata
+        clock = time.perf_counter
+        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
+        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
+        tile_s = backend_s = post_s = 0.0
+        batches: Iterator[PatchBatch] = iter_patch_batches(
+            model_input, steps, md.patch_size, self.max_patches
+        )
+        while True:
+            t0 = clock()
+            batch = next(batches, None)
+            tile_s += clock() - t0
+            if batch is None:
+                break
+            # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
+            # logits may live in buffers the next run overwrites.
+            with self._backend_lock or contextlib.nullcontext():
+                t0 = clock()
+                if device_backend is not None and device_acc is not None:
+                    device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
+                    t1 = clock()
+                    device_acc.mark_written(batch.first_shift, len(batch.pairs))
+                else:
+                    logits = self.backend.run(batch.patches)
+                    t1 = clock()
+                    if not np.all(np.isfinite(logits)):  # before the postprocess does arithmetic on them
+                        self._raise_non_finite("logits", logits, image)
+                    acc.add(batch.pairs, logits)
+                t2 = clock()
+            backend_s += t1 - t0
+            post_s += t2 - t1
+        t0 = clock()
+        if device_backend is not None and device_acc is not None:
+            with self._backend_lock or contextlib.nullcontext():
+                device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
+        maps = acc.finish(md.labels)
+        post_s += clock() - t0
+        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+
+    def _run_on_device(
+        self, model_input: np.ndarray, steps: int, acc: DeviceAccumulator
+    ) -> tuple[SaliencyMaps, dict[str, float]]:
+        """Upload once, tile each chunk on the GPU into the engine's input, engine logits into
+        the postprocess's buffer; all on the engine's stream, then the postprocess after an event."""
+        backend = self.backend
+        assert isinstance(backend, DeviceBackend) and self._device_images is not None
+        md = self.metadata
+        clock = time.perf_counter
+        per_shift = md.patches_per_image
+        shifts_per_chunk = min(self.max_patches, backend.chunk_patches) // per_shift
+        total = steps * steps
+        image = self._device_images.take(0)
+        try:
+            with self._backend_lock or contextlib.nullcontext():
+                stream = backend.stream_handle
+                t0 = clock()
+                image.upload(model_input, stream)
+                tile_s, backend_s = clock() - t0, 0.0
+                for first in range(0, total, shifts_per_chunk):
+                    count = min(shifts_per_chunk, total - first)
+                    t0 = clock()
+                    image.tile(steps, first, count, backend.input_address(), stream)
+                    t1 = clock()
+                    backend.run_device_input(count * per_shift, acc.logits_address(first))
+                    acc.mark_written(first, count)
+                    tile_s += t1 - t0
+                    backend_s += clock() - t1
+                acc.wait_for(stream)
+            t0 = clock()
+            maps = acc.finish(md.labels)
+            post_s = clock() - t0
+        except BaseException:
+            self._device_images.discard(image)
+            raise
+        self._device_images.give(0, image)
+        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+
+    def close(self) -> None:
+        """Free what the model keeps between images: pooled postprocess buffers (GPU memory,
+        streams), device images, and the backend if ``load`` opened it. Idempotent; do not
+        ``predict`` afterwards."""
+        self._accumulators.close()
+        if self._device_images is not None:
+            self._device_images.close()
+        if self._owns_backend and isinstance(self.backend, Closeable):
+            self.backend.close()
+        self._owns_backend = False
+
+    def __enter__(self) -> CxrEdge:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -63,7 +63,8 @@ class SaliencyMaps:
 @runtime_checkable
 class Accumulator(Protocol):
     """Turns one image's patch logits into ``SaliencyMaps``: ``SaliencyAccumulator`` (numpy, the
-    oracle) or ``cxr_edge.cuda.GpuPostprocess``. The pipeline opens one per image and closes it."""
+    oracle) or ``cxr_edge.cuda.GpuPostprocess``. The pipeline opens one per image and closes it,
+    unless it is a ``ReusableAccumulator``."""
 
     def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
         """Host patch logits ``(K*G*G, C)`` of the K whole shifts ``pairs (K, 2)``."""
@@ -77,6 +78,16 @@ class Accumulator(Protocol):
 
 
 @runtime_checkable
+class ReusableAccumulator(Accumulator, Protocol):
+    """An accumulator that serves image after image of one S (its buffers are costly to make:
+    device memory, streams); the pipeline keeps a pool of them for the model's life."""
+
+    def reset(self) -> None:
+        """Forget the last image, keep the buffers."""
+        ...
+
+
+@runtime_checkable
 class DeviceAccumulator(Accumulator, Protocol):
     """An accumulator whose logits buffer lives on the GPU, so an engine can write into it."""
 
@@ -86,6 +97,11 @@ class DeviceAccumulator(Accumulator, Protocol):
 
     def mark_written(self, first_shift: int, count: int) -> None:
         """Declare that shifts ``first_shift .. first_shift + count - 1`` were written on the device."""
+        ...
+
+    def wait_for(self, stream: int) -> None:
+        """Order the postprocess after everything enqueued on ``stream`` so far (the engine's
+        stream records an event, the postprocess's stream waits for it); no host sync."""
         ...
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_edge.backends.base import DEFAULT_CHUNK_PATCHES
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
@@ -40,6 +41,8 @@ class OnnxRuntimeBackend:
     threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
     max_batch: most patches per ``session.run``; larger inputs are chunked (bounds activation
     memory). A model exported with a fixed batch size runs in chunks of exactly that size.
+    chunk_patches: what the pipeline should send per ``run`` (``ChunkedBackend``): 256 patches
+    (16 MiB of input), the CPU chunk the pipeline has always used, or the fixed batch.
     """
 
     name = "onnxruntime-cpu"
@@ -100,6 +103,7 @@ class OnnxRuntimeBackend:
         # A fixed batch dimension (an export without dynamic axes) dictates the chunk size.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.max_batch = self.fixed_batch or max_batch
+        self.chunk_patches = self.fixed_batch or min(self.max_batch, DEFAULT_CHUNK_PATCHES)
 
     def run(self, patches: np.ndarray) -> np.ndarray:
         """``(N, 1, P, P) float32`` patches in [0, 1] -> ``(N, C) float32`` logits."""
