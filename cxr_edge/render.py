@@ -33,6 +33,7 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.explain.decisive import decisive_patches
+from cxr_edge.explain.evidence import decision_logit, decision_map
 from cxr_edge.explain.rationale import rationale
 from cxr_edge.explain.shortcuts import shortcut_warnings
 from cxr_edge.prediction import Prediction
@@ -144,22 +145,6 @@ class ColourScale:
     map_kind: str
 
 
-def shift_coverage(steps: int, image_size: int, patch_size: int) -> np.ndarray:
-    """(N,) float64: the share of the S shift offsets for which a model-frame row (or column)
-    lies inside the shifted-back patch map (1 everywhere for S = 1; less within P/2 of the
-    edges, where a shifted copy's map is zero-filled). A pixel's share is row x column."""
-    from cxr_edge.tile import shift_offsets
-
-    offsets = shift_offsets(steps, patch_size)
-    y = np.arange(image_size)[:, None] - offsets[None, :]
-    inside: np.ndarray = ((y >= 0) & (y < image_size)).mean(axis=1)
-    return inside
-
-
-def _logit(p: float) -> float:
-    return float(np.log(p) - np.log1p(-p))
-
-
 def colour_scale(
     prediction: Prediction,
     label: str,
@@ -171,7 +156,7 @@ def colour_scale(
     check_center(center)
     f = prediction.finding(label)
     if center == "threshold" and f.threshold is not None:
-        centre, reference = _logit(f.threshold), f"decision threshold, p = {f.threshold:.3f}"
+        centre, reference = decision_logit(prediction, label), f"decision threshold, p = {f.threshold:.3f}"
     elif center == "threshold":
         centre, reference = 0.0, "logit 0, p = 0.5 (the model has no decision threshold)"
     else:
@@ -183,24 +168,9 @@ def colour_scale(
 
 
 def centred_map(prediction: Prediction, label: str, scale: ColourScale) -> np.ndarray:
-    """(N, N) float32: the finding's map minus the scale's centre, what ``overlay`` draws.
-
-    raw: ``raw - t * coverage`` = the shift average of (patch logit - t), zero outside each
-    shifted copy (``shift_coverage``); exactly the per-patch terms of the decision at S = 1.
-    scaled: ``scaled - t * p * coverage`` with p the image probability (each copy's own
-    probability weighs its patches; the unshifted one's stands in for all, exact at S = 1).
-    """
-    value_map = prediction.value_map(label, scale.map_kind)
-    if scale.centre_logit == 0.0:
-        return value_map
-    md = prediction.metadata
-    cov = shift_coverage(prediction.steps, md.image_size, md.patch_size)
-    weight = scale.centre_logit
-    if scale.map_kind == "scaled":
-        weight *= prediction.finding(label).probability
-    centre = (weight * np.outer(cov, cov)).astype(np.float32)
-    out: np.ndarray = value_map - centre
-    return out
+    """(N, N) float32: the finding's map minus the scale's centre, what ``overlay`` draws
+    (``explain.evidence.decision_map`` at the scale's centre)."""
+    return decision_map(prediction, label, scale.map_kind, scale.centre_logit)
 
 
 def clinical_use_banner(prediction: Prediction) -> str | None:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from reference_math import reference_patch_logits
 
-from cxr_edge.explain.decisive import decisive_json, decisive_order, decisive_patches, probability_logit
+from cxr_edge.explain.decisive import decisive_json, decisive_order, decisive_patches
+from cxr_edge.explain.evidence import probability_logit
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.pipeline import CxrEdge
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from reference_math import reference_pairs
 
+from cxr_edge.explain.evidence import shift_coverage
 from cxr_edge.metadata import ModelMetadata, cleared_for_clinical_use
 from cxr_edge.pipeline import CxrEdge
 from cxr_edge.render import (
@@ -20,7 +21,6 @@ from cxr_edge.render import (
     finding_image,
     finding_overlay,
     frame_overlay,
-    shift_coverage,
 )
 
 #: Real films where the demo model's call sits just above its threshold and, centred at logit 0
@@ -97,6 +97,12 @@ def test_real_borderline_positives_are_not_drawn_all_blue(shared_cxr: Path, edge
         ]
         red = (region[..., 0].astype(int) - region[..., 2].astype(int)) > 10
         assert red.any()
+        # The words agree with the colours: the rationale finds the evidence the overlay draws red.
+        from cxr_edge.explain.evidence import finding_evidence
+        from cxr_edge.explain.rationale import rationale
+
+        assert finding_evidence(pred, label, "scaled").max() > 0
+        assert rationale(pred, label).zone is not None
 
 
 def test_real_films_calls_and_colours_agree(shared_cxr: Path, edge: CxrEdge) -> None:

@@ -166,8 +166,9 @@ def test_sentences_follow_the_fixed_template() -> None:
     k = decisive_patches(pred, "Beta").count
     assert k == 64
     assert beta.text == (
-        f"Beta: probability {pred.finding('Beta').probability:.2f} (threshold 0.50), negative. Its map "
-        f"has no positive values (no evidence above logit 0); {k} of 64 patches hold it below the threshold."
+        f"Beta: probability {pred.finding('Beta').probability:.2f} (threshold 0.50), negative. No patch "
+        f"pushes toward calling it (its map is nowhere above the decision logit); {k} of 64 patches hold it "
+        "below the threshold."
     )
     assert beta.zone is None and beta.zone_share is None
     entry = rationale_json(pred, ["Alpha", "Beta"])

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_edge.explain.evidence import probability_logit
 from cxr_edge.prediction import Prediction
 
 #: Reference probability for models without decision thresholds (logit 0).
@@ -63,15 +64,6 @@ class DecisivePatches:
     def count(self) -> int | None:
         """How many patches reverse the call; None when none do."""
         return len(self.patches) if self.reverses else None
-
-
-def probability_logit(probability: float) -> float:
-    """log(p / (1 - p)) in float64; -inf / +inf at 0 and 1."""
-    if probability <= 0.0:
-        return -math.inf
-    if probability >= 1.0:
-        return math.inf
-    return math.log(probability) - math.log1p(-probability)
 
 
 def decisive_order(

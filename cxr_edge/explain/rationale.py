@@ -7,7 +7,7 @@ Template (fixed wording, filled with numbers computed elsewhere)::
 
 with the variants "negative ... <k> of <G*G> patches hold it below the threshold", "(no
 decision threshold) ... <k> of <G*G> patches carry it above / keep it below probability 0.50",
-"its map has no positive values (no evidence above logit 0)" and "every patch is at or above
+"no patch pushes toward calling it (its map is nowhere above the decision logit)" and "every patch is at or above
 the threshold, so no set of patches reverses the call". ``k``: ``cxr_edge.explain.decisive``
 (relative to the threshold, as the decision is); the evidence and its zone: the map's positive
 values (relative to logit 0, ``cxr_edge.explain.evidence``, as ``report.evidence_summary``
@@ -34,7 +34,7 @@ import numpy as np
 
 from cxr_edge.explain.body import lung_fields_blocks
 from cxr_edge.explain.decisive import DecisivePatches, decisive_patches
-from cxr_edge.explain.evidence import positive_evidence
+from cxr_edge.explain.evidence import finding_evidence
 from cxr_edge.prediction import Prediction
 
 #: What zones are named after when the header gives no orientation.
@@ -142,7 +142,7 @@ def finding_zones(prediction: Prediction, label: str, map_kind: str = "scaled") 
     crop = prediction.crop
     square = prediction.gray[crop.top : crop.top + crop.side, crop.left : crop.left + crop.side]
     fields = lung_fields_blocks(np.ascontiguousarray(to_standard(square, o)))
-    positive = to_standard(positive_evidence(prediction.value_map(label, map_kind)), o)
+    positive = to_standard(finding_evidence(prediction, label, map_kind), o)
     return zone_shares(positive, fields, o.patient_sides)
 
 
@@ -178,7 +178,7 @@ def rationale(prediction: Prediction, label: str, map_kind: str = "scaled") -> R
         head += " (no decision threshold)."
     zone = share = None
     if shares is None:
-        where = "Its map has no positive values (no evidence above logit 0)"
+        where = "No patch pushes toward calling it (its map is nowhere above the decision logit)"
     else:
         zone = max(shares, key=lambda z: shares[z])
         share = shares[zone]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.explain.body import body_mask
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, positive_evidence
+from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, finding_evidence
 from cxr_edge.prediction import Prediction
 
 #: Border-band share of the evidence at which a finding is flagged.
@@ -56,7 +56,7 @@ def shortcut_warnings(
     outside = ~body
     found = []
     for label in labels:
-        positive = positive_evidence(prediction.value_map(label, map_kind))
+        positive = finding_evidence(prediction, label, map_kind)
         checks = (
             (
                 "border",
