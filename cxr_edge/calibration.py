@@ -4,7 +4,8 @@ A set is declared as a folder of X-rays (searched recursively) or a list file (o
 relative to the list file; ``#`` starts a comment). Every image goes through ``load_xray`` and
 ``preprocess`` exactly like ``infer``; patches are sampled from the unshifted copy and from
 randomly chosen shifted copies (``tile_shifts``), so activation ranges match what the runtime feeds.
-The manifest (file sha256s, sampling settings, digest) is written under ``calibration/``.
+The manifest (file sha256s, sampling settings, digest) is written where the caller says
+(``cxr-edge quantize``: beside the output model unless ``--calibration-dir`` names a folder).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
-CALIBRATION_DIR = Path("calibration")
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -152,18 +152,18 @@ def load_calibration_set(
         digest = sha256_file(path)
         prepared = preprocess(xray.pixels, metadata.image_size, path=str(path))
         chunks.append(sample_patches(prepared.image, metadata.patch_size, sampling, rng))
-        images.append(CalibrationImage(str(path), digest, xray.source, tuple(xray.pixels.shape)))  # type: ignore[arg-type]
+        images.append(CalibrationImage(str(path), digest, xray.source, tuple(xray.pixels.shape)))
     source = Path(source)
     name = source.stem if source.is_file() else source.name
     return CalibrationSet(name, str(source), images, sampling, np.concatenate(chunks).astype(np.float32))
 
 
-def manifest_file(name: str, directory: Path = CALIBRATION_DIR) -> Path:
+def manifest_file(name: str, directory: Path) -> Path:
     return directory / f"{name}{MANIFEST_SUFFIX}"
 
 
-def write_calibration_manifest(calib: CalibrationSet, directory: Path = CALIBRATION_DIR) -> Path:
-    """Write ``<directory>/<name>.manifest.json`` (no images are copied)."""
+def write_calibration_manifest(calib: CalibrationSet, directory: Path) -> Path:
+    """Write ``<directory>/<name>.manifest.json`` atomically, mode as any output (no images are copied)."""
     path = manifest_file(calib.name, directory)
     write_text_atomic(path, json.dumps(calib.manifest(), indent=2, sort_keys=True) + "\n")
     return path

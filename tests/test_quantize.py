@@ -123,10 +123,13 @@ def test_int8_qdq_structure(
     for q_weight, scale, zero in weights:  # per-channel (axis 0), symmetric int8 weights
         assert q_weight.dtype == np.int8 and np.all(zero == 0)
         assert scale.shape == (q_weight.shape[0],)
-    # the stem conv stays float: its weight is a float initializer, not a DequantizeLinear output
+    # the stem conv stays float (float16 in the TensorRT recipe's remainder): its weight is a float
+    # initializer, not a DequantizeLinear output
     stem = next(n for n in model.graph.node if n.name == kept["stem"][0])
-    assert stem.input[1] in inits and inits[stem.input[1]].dtype == np.float32
-    assert producers.get(stem.input[0]) is None  # reads the graph input directly
+    remainder = np.float16 if target == "tensorrt" else np.float32
+    assert stem.input[1] in inits and inits[stem.input[1]].dtype == remainder
+    # reads the graph input directly (through the float16 cast of the TensorRT recipe)
+    assert producers.get(stem.input[0]) is None or producers[stem.input[0]].op_type == "Cast"
     from cxr_edge.engine.tensorrt_build import int8_activation_type
 
     # build-engine refuses a cpu-target (uint8) model for TensorRT on this check
@@ -219,3 +222,113 @@ def test_quantize_command_fp16_writes_model_and_int8_failure_writes_nothing(
         app, ["quantize", "--onnx", str(tiny_onnx), "--precision", "int8", "--out", str(out8)]
     )
     assert result.exit_code == 2 and "needs --calib" in result.output
+
+
+# --- the TensorRT recipe: Q/DQ only where TensorRT wants it, the rest in float16 -----------------
+
+WEIGHTED = {"Conv", "Gemm", "MatMul"}
+
+
+def tensorrt_qdq_violations(model: onnx.ModelProto) -> list[str]:
+    """Everything in a Q/DQ graph that TensorRT's parser or placement guide rejects, found
+    independently of the quantizer: a DequantizeLinear whose quantized input is not int8 (an int32
+    bias, uint8 data), a Q/DQ pair whose consumers include no weighted op and no Add, a zero point
+    that is not an int8 zero, a DequantizeLinear read by more than one node."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zero = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zero is not None and np.any(zero != 0):
+            problems.append(f"{node.name}: non-zero zero point")
+        if node.op_type == "QuantizeLinear":
+            if zero is None or zero.dtype != np.int8:
+                problems.append(f"{node.name}: quantizes to {None if zero is None else zero.dtype}, not int8")
+            continue
+        source = node.input[0]
+        if source in inits:
+            if inits[source].dtype != np.int8:
+                problems.append(f"{node.name}: dequantizes a {inits[source].dtype} constant")
+            continue
+        if producers.get(source) is None or producers[source].op_type != "QuantizeLinear":
+            problems.append(f"{node.name}: input is not a QuantizeLinear output")
+        users = readers.get(node.output[0], [])
+        if len(users) != 1:
+            problems.append(f"{node.name}: read by {len(users)} nodes")
+        if not {u.op_type for u in users} & (WEIGHTED | {"Add"}):
+            problems.append(f"{node.name}: feeds only {sorted({u.op_type for u in users})}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def tensorrt_int8(tiny_onnx: Path, calib_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    meta = ModelMetadata.from_onnx(tiny_onnx)
+    calib = load_calibration_set(calib_folder, meta, SamplingSettings(patches_per_image=32))
+    out = tmp_path_factory.mktemp("trt") / "tiny.tensorrt.onnx"
+    quantize_int8(tiny_onnx, out, calib, Int8Options(target="tensorrt"))
+    return out
+
+
+def test_tensorrt_graph_has_qdq_only_where_tensorrt_wants_it(tiny_onnx: Path, tensorrt_int8: Path) -> None:
+    model = onnx.load(str(tensorrt_int8))
+    assert tensorrt_qdq_violations(model) == []
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    kept = {n for group in find_float_groups(_named(tiny_onnx)).values() for n in group}
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    quantized = [n for n in convs if n.name not in kept]
+    assert quantized and len(quantized) < len(convs)
+    for node in quantized:  # int8 input and per-channel int8 weights; the bias stays a float constant
+        assert producers[node.input[0]].op_type == "DequantizeLinear"
+        weight_dq = producers[node.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear" and inits[weight_dq.input[0]].dtype == np.int8
+        assert inits[weight_dq.input[1]].shape == (inits[weight_dq.input[0]].shape[0],)
+        assert len(node.input) < 3 or inits[node.input[2]].dtype == np.float16
+    for node in convs:
+        if node.name in kept:  # kept groups get no Q/DQ at all
+            assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    residual_pairs = [n for n in adds if any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert residual_pairs and all(  # exactly one input of such an Add is quantized: the skip input
+        sum(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input) == 1
+        for n in residual_pairs
+    )
+    # the unquantized rest is float16; model I/O stays float32; scales are float16 (opset >= 19)
+    floats = {t.data_type for t in model.graph.initializer} - {TensorProto.INT8}
+    assert floats == {TensorProto.FLOAT16}
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+
+
+def _named(path: Path) -> onnx.ModelProto:
+    model = onnx.load(str(path))
+    name_nodes(model)
+    return model
+
+
+def test_inspection_catches_what_onnxruntime_places_by_default(tiny_onnx: Path, calib_folder: Path, tmp_path: Path) -> None:
+    """The check above is not vacuous: ONNX Runtime's own QDQ output (the cpu recipe) breaks it."""
+    meta = ModelMetadata.from_onnx(tiny_onnx)
+    calib = load_calibration_set(calib_folder, meta, SamplingSettings(patches_per_image=16))
+    out = tmp_path / "cpu.onnx"
+    quantize_int8(tiny_onnx, out, calib, Int8Options(target="cpu"))
+    problems = "\n".join(tensorrt_qdq_violations(onnx.load(str(out))))
+    assert "dequantizes a int32 constant" in problems  # quantized biases
+    assert "non-zero zero point" in problems  # uint8 activations
+    assert "feeds only" in problems  # Q/DQ in front of Sigmoid/Mul/pooling
+
+
+def test_tensorrt_int8_runs_in_onnxruntime_close_to_fp32(tiny_onnx: Path, tensorrt_int8: Path) -> None:
+    x = _image_like(64, seed=3)
+    ref = _ort(tiny_onnx, x).astype(np.float64)
+    got = _ort(tensorrt_int8, x).astype(np.float64)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    # random tiny weights: only a loose sanity bound (the demo model's gate is the real check)
+    assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9

@@ -1,7 +1,8 @@
 """Accuracy gate: a reduced-precision ONNX against its float32 source, on held-out images.
 
 Measures (both models through ONNX Runtime on the CPU):
-- max |image logit difference| (mean of the 64 unshifted patch logits) over all gate images;
+- image logits (mean of the 64 unshifted patch logits) of every gate image, compared element by
+  element with ``cxr_edge.compare`` at the candidate precision's tolerance (``BY_PRECISION``);
 - per-class AUROC difference on labelled phantoms (classes with both outcomes present);
 - Pearson r of the S=4 smooth scaled saliency maps, per image over all classes (real + phantoms);
 - speed: median seconds for the same patch batch, float32 vs candidate, runs interleaved.
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_edge.compare import BY_PRECISION, Comparison, compare
 from cxr_edge.errors import CxrEdgeError
 
 GATE_STEPS = 4
+#: Shift grid of the patches a TensorRT plan is checked on (``check_patches``).
+CHECK_STEPS = 2
 MIN_MAP_R = 0.98
 MAX_AUROC_DIFF = 0.01
 #: Phantom seeds far from any training range, so gate phantoms are held out.
@@ -37,8 +41,10 @@ class GateImage:
 
 @dataclass
 class GateReport:
+    """``logits``: image logits ``(images, C)`` of the candidate against float32 (elementwise)."""
+
     precision: str
-    max_abs_logit_diff: float
+    logits: Comparison
     auroc_diff: dict[str, float]
     map_r: dict[str, float]
     n_auroc_images: int
@@ -48,6 +54,10 @@ class GateReport:
     min_map_r: float = MIN_MAP_R
     max_auroc_diff: float = MAX_AUROC_DIFF
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_logit_diff(self) -> float:
+        return self.logits.max_abs_diff
 
     @property
     def worst_map_r(self) -> float:
@@ -63,12 +73,13 @@ class GateReport:
             bool(self.map_r)
             and self.worst_map_r >= self.min_map_r
             and self.worst_auroc_diff <= self.max_auroc_diff
+            and self.logits.passed
         )
 
     def lines(self) -> list[str]:
         """The human-readable gate, printed by ``cxr-edge quantize`` every time."""
         out = [f"accuracy gate ({self.precision} vs fp32, ONNX Runtime CPU):"]
-        out.append(f"  max |image logit diff|      {self.max_abs_logit_diff:.4f}")
+        out.append(f"  image logits: {self.logits.summary()}")
         if self.auroc_diff:
             worst = max(self.auroc_diff, key=lambda k: self.auroc_diff[k])
             out.append(
@@ -159,6 +170,18 @@ def _image_logits_and_maps(
     return logits[k0 * per_copy : (k0 + 1) * per_copy].mean(axis=0), scaled
 
 
+def check_patches(images: list[GateImage], patch_size: int) -> np.ndarray:
+    """The S=2 shifted copies of every map image, ``(4 * images * 64, 1, P, P) float32``: what a
+    TensorRT plan is checked on (zero-padded patches included, as the runtime feeds them)."""
+    from cxr_edge.tile import shift_pairs, tile_shifts
+
+    pairs = shift_pairs(CHECK_STEPS, patch_size)
+    chosen = [image for image in images if image.maps]
+    if not chosen:
+        raise CxrEdgeError(None, "the plan check needs at least one held-out image with maps")
+    return np.concatenate([tile_shifts(image.image, pairs, patch_size) for image in chosen])
+
+
 def _median_seconds(backends: list[object], patches: np.ndarray, repeats: int) -> list[float]:
     times: list[list[float]] = [[] for _ in backends]
     for backend in backends:
@@ -210,7 +233,7 @@ def run_gate(
 
     report = GateReport(
         precision=precision,
-        max_abs_logit_diff=float(np.abs(ref_arr - cand_arr).max()),
+        logits=compare(cand_arr, ref_arr, BY_PRECISION[precision]),
         auroc_diff=auroc_diff,
         map_r=map_r,
         n_auroc_images=len(labelled),
