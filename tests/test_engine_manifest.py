@@ -198,11 +198,18 @@ def test_tensorrt_older_than_10_3_is_one_line(monkeypatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(Builder=object, __version__="8.6.2.3"))
-    with pytest.raises(CxrEdgeError, match=r"TensorRT 8.6.2.3 is too old.*JetPack 6.0 ships 8.6.*6.2 ship 10.3"):
+    with pytest.raises(
+        CxrEdgeError, match=r"TensorRT 8.6.2.3 is too old.*JetPack 6.0 ships 8.6.*6.2 ship 10.3"
+    ):
         import_tensorrt()
     monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(Builder=object, __version__="11.4.1.2"))
     assert import_tensorrt().__version__ == "11.4.1.2"
-    assert version_tuple("10.3.0.30") == (10, 3, 0, 30) and version_tuple("10.13.0.35.post1") == (10, 13, 0, 35)
+    assert version_tuple("10.3.0.30") == (10, 3, 0, 30) and version_tuple("10.13.0.35.post1") == (
+        10,
+        13,
+        0,
+        35,
+    )
 
 
 @pytest.mark.skipif(_tensorrt_installed(), reason="TensorRT is installed here")

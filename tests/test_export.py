@@ -17,8 +17,8 @@ pytest.importorskip("onnxsim")
 from typer.testing import CliRunner
 
 from cxr_edge.cli import app
-from cxr_edge.errors import CxrEdgeError
 from cxr_edge.compare import EXPORT, Tolerance
+from cxr_edge.errors import CxrEdgeError
 from cxr_edge.export import ParityError, export_onnx, parity_patches
 from cxr_edge.metadata import CHEXPERT_LABELS, ModelMetadata
 from cxr_edge.model.checkpoint import save_checkpoint

@@ -532,7 +532,6 @@ def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
     except CxrEdgeError as exc:
         pytest.skip(str(exc))
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
-
     from cxr_edge.engine.plan_check import plan_vs_onnx
 
     plan = tmp_path / "engines" / "tiny-fp32.plan"

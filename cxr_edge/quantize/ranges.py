@@ -94,8 +94,9 @@ def activation_ranges(
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with tempfile.TemporaryDirectory(prefix="cxr-edge-calib.") as tmp, contextlib.redirect_stdout(
-            io.StringIO()
+        with (
+            tempfile.TemporaryDirectory(prefix="cxr-edge-calib.") as tmp,
+            contextlib.redirect_stdout(io.StringIO()),
         ):
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
