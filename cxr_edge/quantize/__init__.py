@@ -158,7 +158,7 @@ def make_precision_onnx(
         report = run_gate(
             onnx_in, tmp, precision, images, threads=gate.threads, speed_repeats=gate.speed_repeats
         )
-        if int8 is not None and int8.target == "tensorrt":
+        if precision == "int8" and int8 is not None and int8.target == "tensorrt":
             report.notes.append(
                 "made for TensorRT: ONNX Runtime runs its float16 layers through float32 casts, "
                 "so the CPU speed is not the engine's"
