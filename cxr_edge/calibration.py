@@ -1,8 +1,8 @@
 """Calibration sets: real X-rays -> the patch batches INT8 calibration sees.
 
 A set is declared as a folder of X-rays (searched recursively) or a list file (one path per line,
-relative to the list file; ``#`` starts a comment). Every image goes through ``load_xray`` and
-``preprocess`` exactly like ``infer``; patches are sampled from the unshifted copy and from
+relative to the list file; ``#`` starts a comment). Every image goes through the pipeline's ``prepare_image`` (decode
++ preprocess) exactly like ``infer``; patches are sampled from the unshifted copy and from
 randomly chosen shifted copies (``tile_shifts``), so activation ranges match what the runtime feeds.
 The manifest (file sha256s, sampling settings, digest) is written where the caller says
 (``cxr-edge quantize``: beside the output model unless ``--calibration-dir`` names a folder).
@@ -22,9 +22,10 @@ import numpy as np
 from cxr_edge.atomic import write_text_atomic
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.io.files import IMAGE_SUFFIXES, find_image_files
 from cxr_edge.metadata import ModelMetadata
+from cxr_edge.tile import check_steps
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -36,9 +37,9 @@ def list_calibration_files(source: str | Path) -> list[Path]:
     """The image files a calibration set declares, in a stable (sorted / listed) order."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = find_image_files(source)
         if not files:
-            raise CxrEdgeError(source, f"no X-ray files ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise CxrEdgeError(source, f"no X-ray files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         return files
     if not source.is_file():
         raise CxrEdgeError(source, "calibration set not found (give a folder of X-rays or a list file)")
@@ -138,21 +139,20 @@ def load_calibration_set(
     max_images: int | None = None,
 ) -> CalibrationSet:
     """Read every declared X-ray (loader + preprocessing of ``infer``) and sample its patches."""
-    from cxr_edge.io import load_xray
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.pipeline import prepare_image
 
     sampling = sampling or SamplingSettings()
-    if sampling.steps < 1 or sampling.shifts_per_image < 1 or sampling.patches_per_image < 1:
+    check_steps(sampling.steps)
+    if sampling.shifts_per_image < 1 or sampling.patches_per_image < 1:
         raise CxrEdgeError(source, f"invalid calibration sampling {sampling}")
     files = list_calibration_files(source)[:max_images]
     rng = np.random.default_rng(sampling.seed)
     images, chunks = [], []
     for path in files:
-        xray = load_xray(path)
-        digest = sha256_file(path)
-        prepared = preprocess(xray.pixels, metadata.image_size, path=str(path))
-        chunks.append(sample_patches(prepared.image, metadata.patch_size, sampling, rng))
-        images.append(CalibrationImage(str(path), digest, xray.source, tuple(xray.pixels.shape)))
+        prepared = prepare_image(path, metadata)
+        chunks.append(sample_patches(prepared.model_input, metadata.patch_size, sampling, rng))
+        shape = (int(prepared.gray.shape[0]), int(prepared.gray.shape[1]))
+        images.append(CalibrationImage(str(path), sha256_file(path), prepared.source, shape))
     source = Path(source)
     name = source.stem if source.is_file() else source.name
     return CalibrationSet(name, str(source), images, sampling, np.concatenate(chunks).astype(np.float32))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cxr_edge import __version__
-from cxr_edge.commands import build_engine, evaluate, export, infer, quantize
+from cxr_edge.commands import build_engine, evaluate, export, export_triton, infer, quantize
 
 app = typer.Typer(
     name="cxr-edge",
@@ -38,5 +38,5 @@ def main(
     """Edge runtime for MedicalPatchNet."""
 
 
-for _module in (infer, export, evaluate, quantize, build_engine):
+for _module in (infer, export, evaluate, quantize, build_engine, export_triton):
     _module.register(app)

@@ -12,3 +12,12 @@ class CxrEdgeError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ModelError(CxrEdgeError):
+    """A problem with the model or the service running it, not with the image (``path`` names
+    the model or the server): no later image can succeed, so a batch stops at the first one."""
+
+
+class ServiceUnavailableError(ModelError):
+    """The service that runs the model (a Triton server) cannot be reached or went away."""

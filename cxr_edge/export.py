@@ -175,13 +175,17 @@ def export_onnx(
     opset: int = OPSET,
     tolerance: Tolerance = PARITY_TOLERANCE,
     console: Any | None = None,
+    simplify: bool = True,
 ) -> ExportReport:
     """Export ``model`` (a MedicalPatchNet) to ``out_path`` with ``metadata`` in ``metadata_props``.
 
     ``metadata.variant`` is taken from ``model.variant`` and ``package_version`` is set to this
     package's; ``checkpoint_sha256`` is the caller's to fill in. With ``parity`` every ONNX Runtime
     patch logit must match PyTorch within ``tolerance`` (elementwise, at several batch sizes,
-    zero-padded patches included), else ParityError and no file. ``console``: a ``rich.console.Console`` for progress, or None for silence.
+    zero-padded patches included), else ParityError and no file. ``console``: a
+    ``rich.console.Console`` for progress, or None for silence. ``simplify=False`` skips
+    onnx-simplifier (same results, a larger graph): for machines without onnxsim, such as GPU
+    test boxes.
     """
     import onnx
 
@@ -200,8 +204,9 @@ def export_onnx(
 
     with step("export", "exporting PyTorch -> ONNX"):
         proto = onnx.load_from_string(_torch_to_onnx(model, metadata.patch_size, opset))
-    with step("simplify", "simplifying (onnx-simplifier)"):
-        proto = _simplify(proto, out_path)
+    with step("simplify", "simplifying (onnx-simplifier)" if simplify else "writing metadata"):
+        if simplify:
+            proto = _simplify(proto, out_path)
         # onnxsim records its own bookkeeping in metadata_props; keep ours as the only entry.
         del proto.metadata_props[:]
         write_onnx_metadata(proto, metadata)

@@ -1,4 +1,5 @@
-"""Small cuda-python helpers: checked runtime calls, device buffers, streams, device facts.
+"""Small cuda-python helpers: checked runtime calls, device and pinned buffers, streams, events,
+device facts.
 
 Everything imports ``cuda`` lazily, so this module is importable on a CPU-only machine; the
 first call that needs CUDA raises ``CxrEdgeError`` with a one-line reason when it is missing.
@@ -7,6 +8,7 @@ Works with cuda-python 12.x (``cuda.cudart``) and 12.6+/13.x (``cuda.bindings.ru
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -147,8 +149,17 @@ class DeviceBuffer:
             "cudaMemcpyAsync(device->host)",
         )
 
-    def zero(self, stream: Stream) -> None:
-        check(cuda_runtime().cudaMemsetAsync(self.ptr, 0, self.nbytes, stream.handle), "cudaMemsetAsync")
+    def zero(self, stream: Stream, offset: int = 0, nbytes: int | None = None) -> None:
+        """Async zero of ``nbytes`` (default: to the end) from byte ``offset``."""
+        count = self.nbytes - offset if nbytes is None else nbytes
+        if offset < 0 or count < 0 or offset + count > self.nbytes:
+            raise CxrEdgeError(
+                None, f"zeroing bytes {offset}..{offset + count} of a {self.nbytes}-byte buffer"
+            )
+        if count:
+            check(
+                cuda_runtime().cudaMemsetAsync(self.ptr + offset, 0, count, stream.handle), "cudaMemsetAsync"
+            )
 
     def free(self) -> None:
         if self.ptr:
@@ -160,6 +171,102 @@ class DeviceBuffer:
 
     def __exit__(self, *exc: object) -> None:
         self.free()
+
+
+class PinnedBuffer:
+    """``nbytes`` of page-locked host memory (``cudaMallocHost``): copies from and to it run
+    asynchronously at full bus speed (a pageable copy is staged and serialised by the driver).
+
+    ``array(dtype, shape)`` views it as numpy; ``upload_to``/``download_from`` copy to and from
+    device addresses on a stream. Reusing it before a copy finished is the caller's to prevent
+    (record an ``Event`` after the copy and ``synchronize`` it first).
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            raise CxrEdgeError(None, f"pinned buffer size must be positive, got {nbytes} bytes")
+        self.nbytes = int(nbytes)
+        self.ptr = int(check(cuda_runtime().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
+
+    def array(self, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.ndarray:
+        """A numpy view ``shape`` of ``dtype`` over the start of the buffer (no copy)."""
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape)) if shape else 1
+        if count * dt.itemsize > self.nbytes or not self.ptr:
+            raise CxrEdgeError(None, f"{shape} {dt} does not fit a {self.nbytes}-byte pinned buffer")
+        raw = (ctypes.c_ubyte * (count * dt.itemsize)).from_address(self.ptr)
+        view: np.ndarray = np.frombuffer(memoryview(raw), dtype=dt, count=count).reshape(shape)
+        return view
+
+    def upload_to(self, device_ptr: int, nbytes: int, stream: Stream, offset: int = 0) -> None:
+        """Async copy of ``nbytes`` from byte ``offset`` of this buffer to ``device_ptr``."""
+        self._check_range(offset, nbytes)
+        rt = cuda_runtime()
+        kind = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        check(
+            rt.cudaMemcpyAsync(device_ptr, self.ptr + offset, nbytes, kind, stream.handle),
+            "cudaMemcpyAsync(pinned->device)",
+        )
+
+    def download_from(self, device_ptr: int, nbytes: int, stream: Stream, offset: int = 0) -> None:
+        """Async copy of ``nbytes`` from ``device_ptr`` to byte ``offset`` of this buffer."""
+        self._check_range(offset, nbytes)
+        rt = cuda_runtime()
+        kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        check(
+            rt.cudaMemcpyAsync(self.ptr + offset, device_ptr, nbytes, kind, stream.handle),
+            "cudaMemcpyAsync(device->pinned)",
+        )
+
+    def _check_range(self, offset: int, nbytes: int) -> None:
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
+            raise CxrEdgeError(
+                None, f"bytes {offset}..{offset + nbytes} are outside a {self.nbytes}-byte pinned buffer"
+            )
+
+    def free(self) -> None:
+        if self.ptr:
+            check(cuda_runtime().cudaFreeHost(self.ptr), "cudaFreeHost")
+            self.ptr = 0
+
+
+class Event:
+    """A CUDA event without timing: ``record(stream)`` marks the work enqueued on ``stream`` so
+    far; ``wait(stream)`` makes another stream wait for it on the GPU (no host sync);
+    ``synchronize()`` waits on the host."""
+
+    def __init__(self) -> None:
+        rt = cuda_runtime()
+        self._event = check(
+            rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreateWithFlags"
+        )
+        self.recorded = False
+
+    def record(self, stream: int) -> None:
+        check(cuda_runtime().cudaEventRecord(self._event, stream), "cudaEventRecord")
+        self.recorded = True
+
+    def wait(self, stream: int) -> None:
+        """Work enqueued on ``stream`` after this call starts once the recorded work is done."""
+        check(cuda_runtime().cudaStreamWaitEvent(stream, self._event, 0), "cudaStreamWaitEvent")
+
+    def synchronize(self) -> None:
+        """Block the host until the recorded work is done (returns at once if never recorded)."""
+        if self.recorded:
+            check(cuda_runtime().cudaEventSynchronize(self._event), "cudaEventSynchronize")
+
+    def close(self) -> None:
+        if self._event is not None:
+            check(cuda_runtime().cudaEventDestroy(self._event), "cudaEventDestroy")
+            self._event = None
+
+
+#: TensorRT requires every tensor address to be aligned to this many bytes.
+TENSOR_ALIGNMENT = 256
+
+
+def is_aligned(ptr: int, alignment: int = TENSOR_ALIGNMENT) -> bool:
+    return ptr % alignment == 0
 
 
 def copy_device(src: int, dst: int, nbytes: int, stream: Stream) -> None:

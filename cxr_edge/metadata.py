@@ -35,6 +35,9 @@ CHEXPERT_LABELS: tuple[str, ...] = (
     "Support Devices",
 )
 
+#: Numeric precisions a patch model can carry (``ModelMetadata.precision``); float32 is the export.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
 #: Preprocessing contract of the reference: 8-bit "L", centre square crop, antialiased
 #: bilinear resize to image_size, divide by 255, no mean/std.
 PREPROCESSING_ID = "medicalpatchnet-v1"
@@ -47,6 +50,46 @@ class ModelVariant:
     name: str = "full"
     width_mult: float = 1.0
     depth_mult: float = 1.0
+
+
+#: Bounds on the model frame: the official model is 512 px with 64-px patches (8 x 8 grid);
+#: beyond 2048 px or a 64 x 64 grid one image's patches no longer fit a cart's memory.
+MAX_IMAGE_SIZE = 2048
+MAX_GRID = 64
+
+
+def metadata_problem(md: ModelMetadata) -> str | None:
+    """What makes ``md`` unusable (labels, geometry, thresholds), or None. Checked at load."""
+    import math
+
+    if not md.labels:
+        return "labels: the model has no labels"
+    for label in md.labels:
+        if not isinstance(label, str) or not label.strip() or not label.isprintable():
+            return f"labels: {label!r} is not a printable, non-empty name"
+    folded = [label.casefold() for label in md.labels]
+    duplicates = sorted({label for label, f in zip(md.labels, folded) if folded.count(f) > 1})
+    if duplicates:
+        return f"labels: {', '.join(repr(d) for d in duplicates)} given more than once"
+    for name in ("image_size", "patch_size"):
+        value = getattr(md, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"{name} must be a positive integer, got {value!r}"
+    if md.image_size > MAX_IMAGE_SIZE:
+        return f"image_size {md.image_size} is over {MAX_IMAGE_SIZE} px"
+    if md.patch_size > md.image_size or md.image_size % md.patch_size:
+        return f"image_size {md.image_size} is not a multiple of patch_size {md.patch_size}"
+    if md.image_size // md.patch_size > MAX_GRID:
+        return (
+            f"{md.image_size // md.patch_size} patches per side (image_size / patch_size) is over {MAX_GRID}"
+        )
+    if md.thresholds is not None:
+        if len(md.thresholds) != len(md.labels):
+            return f"{len(md.thresholds)} thresholds for {len(md.labels)} labels"
+        for label, t in zip(md.labels, md.thresholds):
+            if not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 < t < 1.0:
+                return f"threshold {t!r} for {label!r} is not a probability strictly between 0 and 1"
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,12 +126,19 @@ class ModelMetadata:
         return self.grid * self.grid
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.thresholds is not None and len(self.thresholds) != len(self.labels):
-            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        problem = metadata_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+    def label_index(self, name: str) -> int:
+        """Index of the label ``name`` (exact label, case-insensitive); CxrEdgeError if unknown."""
+        folded = [label.casefold() for label in self.labels]
+        try:
+            return folded.index(name.casefold())
+        except ValueError:
+            raise CxrEdgeError(
+                None, f"unknown finding {name!r}; the model has: {', '.join(self.labels)}"
+            ) from None
 
     def with_(self, **changes: Any) -> ModelMetadata:
         return replace(self, **changes)
@@ -105,8 +155,8 @@ class ModelMetadata:
             if raw.get("thresholds") is not None:
                 raw["thresholds"] = tuple(float(t) for t in raw["thresholds"])
             return cls(**raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CxrEdgeError(source, f"invalid cxr-edge model metadata ({exc})") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CxrEdgeError(source, f"invalid cxr-edge model metadata ({exc})") from None
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> ModelMetadata:
@@ -139,3 +189,11 @@ def write_onnx_metadata(model: Any, metadata: ModelMetadata) -> None:
     entry = model.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = metadata.to_json()
+
+
+def cleared_for_clinical_use(intended_use: str) -> bool:
+    """True only when ``intended_use`` starts with "clinical use" (e.g. "Clinical use: adult
+    frontal CXR triage, CE-marked ...") and does not say "not for clinical use". Anything else,
+    an empty text included, is shown with a NOT FOR CLINICAL USE banner (``cxr_edge.render``)."""
+    text = " ".join(intended_use.split()).casefold()
+    return text.startswith("clinical use") and "not for clinical use" not in text

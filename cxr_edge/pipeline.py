@@ -1,17 +1,25 @@
-"""The Python API for embedding: load a model once, then ``predict`` per image, no disk writes.
+"""The Python API for embedding, and the one place where the stages are chained.
 
     edge = CxrEdge.load()                      # bundled demo model, ONNX Runtime on the CPU
     pred = edge.predict("chest.png", steps=8)  # or an (h, w) uint8 / float array
-    pred.findings, pred.maps.scaled, pred.overlay("Cardiomegaly"), pred.to_report()
+    pred.findings, pred.maps.scaled            # a plain Prediction (cxr_edge.prediction)
 
-Stages: decode -> preprocess -> tile (bounded chunks) -> backend -> postprocess. The backend
-and the postprocess are chosen at load time, so a GPU backend (TensorRT) and a GPU
-postprocess (CUDA accumulator) plug in without touching ``predict``.
+Stages: decode -> preprocess (``prepare_image``) -> tile (chunks of the backend's batch) ->
+backend -> postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
+(TensorRT) and a GPU postprocess (CUDA accumulator) plug in without touching ``predict``; the
+pipeline finds them through the ``ChunkedBackend`` / ``DeviceBackend`` / ``DeviceAccumulator``
+protocols.
 
-Threads: ``predict`` keeps no shared mutable state (each call has its own accumulator and
-timings); the ONNX Runtime session is safe to run from several threads. Any other backend,
-unless it declares ``thread_safe = True``, is guarded by a lock (around run + accumulate), so
-concurrent calls are always safe.
+Device path (a ``DeviceBackend``, a ``DeviceAccumulator`` and a ``DeviceImage``): the model-frame
+image is uploaded once; per chunk the CUDA tile kernel writes the patches into the engine's
+input buffer and the engine writes the logits into the postprocess's buffer, all on the engine's
+stream; the postprocess stream waits for an event recorded there; one host sync per image (the
+download of the maps). Patches and patch logits never touch the host.
+
+Threads: concurrent ``predict`` calls never share mutable state: each takes its own postprocess
+from a pool (reusable ones, e.g. GPU buffers, are kept per S for the model's life and freed by
+``close``). A backend that declares ``thread_safe = False``, and every device backend, is guarded
+by a lock around enqueueing an image's (or a chunk's) work.
 """
 
 from __future__ import annotations
@@ -19,178 +27,59 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cxr_edge.backends.base import PatchBackend
+from cxr_edge.backends.base import (
+    DEFAULT_CHUNK_PATCHES,
+    ChunkedBackend,
+    Closeable,
+    DeviceBackend,
+    DeviceImage,
+    DeviceImageFactory,
+    PatchBackend,
+)
 from cxr_edge.digest import sha256_file
-from cxr_edge.errors import CxrEdgeError
+from cxr_edge.errors import CxrEdgeError, ModelError
+from cxr_edge.io.budget import InputBudget
+from cxr_edge.io.plausibility import PlausibilityLimits
 from cxr_edge.metadata import ModelMetadata
+from cxr_edge.pool import Pool
+from cxr_edge.postprocess import (
+    Accumulator,
+    AccumulatorFactory,
+    DeviceAccumulator,
+    ReusableAccumulator,
+    SaliencyMaps,
+)
+from cxr_edge.prediction import Prediction, findings_from
+from cxr_edge.preprocess import CropBox, preprocess
+from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
 
-if TYPE_CHECKING:
-    from cxr_edge.postprocess import SaliencyMaps
-    from cxr_edge.preprocess import CropBox
-
-#: Largest number of patches tiled and sent to the backend at once. 256 patches = 4 shifted
-#: images, 16 MiB of input; keeps peak memory bounded for any S (S = 64 is 262,144 patches).
-DEFAULT_MAX_PATCHES = 256
-
-#: Steps per patch must nest (powers of two) and stay within one patch of 64 px.
-VALID_STEPS = (1, 2, 4, 8, 16, 32, 64)
-
-MAP_KINDS = ("raw", "scaled")
-
-#: How many findings get an overlay by default when the model carries no thresholds.
-TOP_K_WITHOUT_THRESHOLDS = 3
-
-
-class Accumulator(Protocol):
-    """Turns patch logits into maps; ``SaliencyAccumulator`` (numpy) or a GPU twin."""
-
-    def add(self, pairs: np.ndarray, logits: np.ndarray) -> None: ...
-
-    def finish(self, labels: tuple[str, ...]) -> SaliencyMaps: ...
-
-
-class DeviceBackend(Protocol):
-    """A GPU backend that can leave logits on the device (``TensorRtBackend``)."""
-
-    def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> Any: ...
-
-    def synchronize(self) -> None: ...
-
-
-class DeviceAccumulator(Protocol):
-    """A GPU accumulator the engine can write into (``GpuPostprocess``)."""
-
-    def logits_address(self, first_shift: int = 0) -> int: ...
-
-    def mark_written(self, first_shift: int, count: int) -> None: ...
-
-
-#: ``factory(steps, image_size, patch_size, num_classes) -> Accumulator``.
-AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
-
-
-def check_steps(steps: int) -> int:
-    """Return ``steps`` if it is a power of two in 1..64, else raise CxrEdgeError."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) not in VALID_STEPS:
-        raise CxrEdgeError(None, f"steps must be a power of two in 1..64, got {steps!r}")
-    return int(steps)
+__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "prepare_image"]
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One class of the model for one image.
+class PreparedImage:
+    """An image decoded and preprocessed for one model.
 
-    ``logit``: image logit (mean of the 64 patch logits of the unshifted image);
-    ``probability``: sigmoid(logit); ``threshold``: the model's decision threshold on the
-    probability, or None; ``positive``: probability >= threshold, or None without threshold.
+    gray: ``(h, w) uint8`` (the reference's "L" image, original resolution); model_input:
+    ``(N, N) float32 in [0, 1]`` (N = image_size); crop: where ``model_input`` came from;
+    name: the path as given (None for arrays); source: decoder ("png", "dicom", "array", ...);
+    info: non-identifying header facts; timings_ms: ``decode`` and ``preprocess`` wall time.
     """
 
-    label: str
-    logit: float
-    probability: float
-    threshold: float | None
-    positive: bool | None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Everything ``predict`` found for one image. Nothing here touches the disk.
-
-    gray: (h, w) uint8, the 8-bit image the model's input was made from (original
-    resolution). crop: the centre square (original pixels) resized to the model frame.
-    maps: logits, probabilities and raw/scaled (C, N, N) float32 maps in the model frame.
-    timings_ms: per-stage wall time of this call.
-    """
-
-    findings: tuple[Finding, ...]
-    maps: SaliencyMaps
     gray: np.ndarray
+    model_input: np.ndarray
     crop: CropBox
-    metadata: ModelMetadata
-    backend: str
-    model: dict[str, Any]
-    image: str | None = None
-    source: str = "array"
-    info: dict[str, Any] = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> int:
-        return int(self.maps.steps)
-
-    @property
-    def original_shape(self) -> tuple[int, int]:
-        return (int(self.gray.shape[0]), int(self.gray.shape[1]))
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(f.label for f in self.findings)
-
-    def finding(self, label: str) -> Finding:
-        """The finding named ``label`` (exact label, case-insensitive)."""
-        return self.findings[self._index(label)]
-
-    def _index(self, label: str) -> int:
-        folded = [f.label.casefold() for f in self.findings]
-        try:
-            return folded.index(label.casefold())
-        except ValueError:
-            raise CxrEdgeError(
-                None, f"unknown finding {label!r}; the model has: {', '.join(self.labels)}"
-            ) from None
-
-    def reported_labels(self) -> list[str]:
-        """Labels to show by default: the positives by the model's thresholds, or, when the
-        model has no thresholds, the top 3 by probability (highest first)."""
-        if self.metadata.thresholds is not None:
-            return [f.label for f in self.findings if f.positive]
-        ranked = sorted(self.findings, key=lambda f: -f.probability)
-        return [f.label for f in ranked[:TOP_K_WITHOUT_THRESHOLDS]]
-
-    def value_map(self, label: str, map: str = "scaled") -> np.ndarray:
-        """(N, N) float32 map of one finding in logit units, model frame."""
-        if map not in MAP_KINDS:
-            raise CxrEdgeError(None, f"map must be one of {', '.join(MAP_KINDS)}, got {map!r}")
-        maps: np.ndarray = self.maps.scaled if map == "scaled" else self.maps.raw
-        one: np.ndarray = maps[self._index(label)]
-        return one
-
-    def overlay(
-        self,
-        label: str,
-        map: str = "scaled",
-        vmax: float | None = None,
-        legend: bool = True,
-        alpha_max: float = 0.6,
-    ) -> np.ndarray:
-        """The X-ray at its original resolution with the finding's map blended over it.
-
-        Red = evidence for, blue = against, symmetric scale: ``vmax`` (logit units) defaults
-        to the map's largest magnitude. Returns (h, w, 3) uint8 RGB.
-        """
-        from cxr_edge import render
-
-        value_map = self.value_map(label, map)
-        if vmax is None:
-            vmax = float(np.max(np.abs(value_map)))
-        rgb = render.overlay(self.gray, value_map, self.crop, vmax, alpha_max=alpha_max)
-        if legend:
-            f = self.finding(label)
-            render.draw_legend(rgb, f.label, f.probability, vmax, map_name=map, threshold=f.threshold)
-        return rgb
-
-    def to_report(self, map: str = "scaled") -> dict[str, Any]:
-        """The JSON-ready report dict (see ``cxr_edge.report``)."""
-        from cxr_edge.report import build_report
-
-        return build_report(self, map=map)
+    name: str | None
+    source: str
+    info: dict[str, Any]
+    timings_ms: dict[str, float]
 
 
 def _as_gray(image: np.ndarray) -> np.ndarray:
@@ -211,6 +100,108 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
     )
 
 
+def check_pixels(
+    gray: np.ndarray,
+    source: str,
+    info: dict[str, Any],
+    name: str,
+    allow_non_chest: bool = False,
+    limits: PlausibilityLimits | None = None,
+) -> dict[str, Any]:
+    """Refuse decoded pixels that cannot be a frontal chest radiograph; return ``info`` with
+    ``scope``: "header" (a DICOM header says chest radiograph) or "unverified" (PNG/JPEG, or a
+    silent header: only the pixel check of ``cxr_edge.io.plausibility`` stands behind it)."""
+    from cxr_edge.io.plausibility import chest_tone_problem, image_problem
+
+    problem = image_problem(gray, limits)
+    if problem:
+        raise CxrEdgeError(name, f"refused, {problem}")
+    info = dict(info)
+    if info.get("scope") != "header":
+        info["scope"] = "unverified"
+        tone = chest_tone_problem(gray, limits)
+        if tone and not allow_non_chest:
+            raise CxrEdgeError(name, f"refused, {tone}; override with allow_non_chest / --allow-non-chest")
+        if tone:
+            info["scope_warning"] = tone
+    return info
+
+
+def prepare_image(
+    image: str | Path | np.ndarray,
+    metadata: ModelMetadata,
+    allow_non_chest: bool = False,
+    budget: InputBudget | None = None,
+    limits: PlausibilityLimits | None = None,
+) -> PreparedImage:
+    """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
+    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input.
+
+    Files are read within ``budget`` (bytes and header pixels, before decoding). With ``limits``
+    (``CxrEdge.prepare`` / ``predict`` always pass them) the decoded pixels are checked by
+    ``check_pixels`` (size, aspect, near-constant, noise, and for files no header vouches for,
+    the chest-tone check that ``allow_non_chest`` overrides); without, they are only decoded
+    (calibration sets). Arrays are the caller's: they are not checked
+    (``cxr_edge.io.plausibility.image_problem`` is public).
+    """
+    clock = time.perf_counter
+    t0 = clock()
+    name: str | None = None
+    source, info = "array", {}
+    if isinstance(image, (str, Path)):
+        from cxr_edge.io import load_xray
+
+        xray = load_xray(image, allow_non_chest=allow_non_chest, budget=budget)
+        gray, name, source = xray.pixels, str(image), xray.source
+        info = dict(xray.info)
+        if limits is not None:
+            info = check_pixels(gray, source, info, name, allow_non_chest, limits)
+    else:
+        gray = _as_gray(image)
+    t1 = clock()
+    pre = preprocess(gray, metadata.image_size, path=name)
+    t2 = clock()
+    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
+    return PreparedImage(gray, pre.image, pre.crop, name, source, info, timings)
+
+
+def describe_model(metadata: ModelMetadata, path: str | None, sha256: str | None) -> dict[str, Any]:
+    """What a report says about the model: its file (path, sha256) and a metadata summary."""
+    md = metadata
+    return {
+        "path": path,
+        "sha256": sha256,
+        "variant": md.variant.name,
+        "precision": md.precision,
+        "image_size": md.image_size,
+        "patch_size": md.patch_size,
+        "labels": list(md.labels),
+        "has_thresholds": md.thresholds is not None,
+        "checkpoint_sha256": md.checkpoint_sha256 or None,
+        "preprocessing": md.preprocessing,
+        "package_version": md.package_version,
+        "intended_use": md.intended_use,
+    }
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``infer`` and a cart's software need of a model: ``CxrEdge`` in this process, or
+    ``cxr_edge.triton.client.TritonCxrEdge`` on a Triton server."""
+
+    metadata: ModelMetadata
+    #: Limits on each input file and the pixel plausibility checks (see ``CxrEdge``).
+    input_budget: InputBudget
+    plausibility: PlausibilityLimits
+
+    @property
+    def model_info(self) -> dict[str, Any]: ...
+
+    def predict(
+        self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
+    ) -> Prediction: ...
+
+
 def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
     if kind == "auto":
         kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
@@ -225,15 +216,6 @@ def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
             raise CxrEdgeError(model, f"the TensorRT backend is not available here ({exc})") from exc
         return TensorRtBackend(model)
     raise CxrEdgeError(None, f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {kind!r}")
-
-
-def _is_thread_safe(backend: PatchBackend) -> bool:
-    """A backend may declare ``thread_safe``; ONNX Runtime sessions are (concurrent ``run`` is
-    documented as safe); anything else is assumed not to be (e.g. reused device buffers)."""
-    declared = getattr(backend, "thread_safe", None)
-    if declared is not None:
-        return bool(declared)
-    return type(backend).__module__ == "cxr_edge.backends.onnxruntime"
 
 
 def _default_accumulator() -> AccumulatorFactory:
@@ -252,6 +234,28 @@ def _default_accumulator() -> AccumulatorFactory:
     return SaliencyAccumulator
 
 
+def _default_device_image(backend: PatchBackend) -> DeviceImageFactory | None:
+    """The CUDA tile kernel's ``CudaDeviceImage`` for a device backend when the kernel library,
+    cuda-python and a GPU are present, else None (patches are tiled on the host)."""
+    if not isinstance(backend, DeviceBackend):
+        return None
+    from cxr_edge.cuda.kernels import find_library
+
+    if find_library() is None:
+        return None
+    from cxr_edge.cuda.postprocess import gpu_postprocess_available
+
+    if not gpu_postprocess_available():
+        return None
+    from cxr_edge.cuda.tiling import CudaDeviceImage
+
+    return CudaDeviceImage
+
+
+def _close(resource: Accumulator | DeviceImage) -> None:
+    resource.close()
+
+
 class CxrEdge:
     """A loaded model, ready to ``predict`` on images. Create it once with ``CxrEdge.load``."""
 
@@ -260,18 +264,54 @@ class CxrEdge:
         backend: PatchBackend,
         model_path: str | Path | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_MAX_PATCHES,
+        max_patches: int | None = None,
+        device_image: DeviceImageFactory | None = None,
+        tile_on_device: bool = True,
     ) -> None:
         """backend: any PatchBackend; model_path: the file it came from (for reports);
-        accumulator: the postprocess factory (default: numpy ``SaliencyAccumulator``);
-        max_patches: patches per tile/backend chunk (bounds memory)."""
+        accumulator: the postprocess factory (default: the CUDA postprocess when usable, else
+        numpy ``SaliencyAccumulator``); max_patches: patches per tile/backend chunk (None: the
+        backend's ``chunk_patches``, else ``DEFAULT_CHUNK_PATCHES``); device_image: how a device
+        backend gets its patches tiled on the GPU (default: the CUDA tile kernel when usable);
+        tile_on_device=False tiles on the host even for a device backend."""
+        if not isinstance(backend, PatchBackend):
+            raise CxrEdgeError(
+                None, f"{type(backend).__name__} is not a PatchBackend (metadata, name, thread_safe, run)"
+            )
         self.backend = backend
         self.metadata: ModelMetadata = backend.metadata
         self.model_path = None if model_path is None else Path(model_path)
         self._accumulator = accumulator or _default_accumulator()
-        self.max_patches = max(int(max_patches), self.metadata.patches_per_image)
-        self._backend_lock = None if _is_thread_safe(backend) else threading.Lock()
+        per_shift = self.metadata.patches_per_image
+        if max_patches is None:
+            max_patches = (
+                backend.chunk_patches if isinstance(backend, ChunkedBackend) else DEFAULT_CHUNK_PATCHES
+            )
+        self.max_patches = max(int(max_patches), per_shift)
+        device = isinstance(backend, DeviceBackend)
+        self._backend_lock = threading.Lock() if device or not backend.thread_safe else None
         self._model_info: dict[str, Any] | None = None
+        self._owns_backend = False
+        md = self.metadata
+        self._accumulators: Pool[int, Accumulator] = Pool(
+            lambda steps: self._accumulator(steps, md.image_size, md.patch_size, md.num_classes), _close
+        )
+        factory = None
+        if tile_on_device:
+            factory = device_image if device_image is not None else _default_device_image(backend)
+        self._device_images: Pool[int, DeviceImage] | None = None
+        if factory is not None and isinstance(backend, DeviceBackend):
+            if backend.chunk_patches < per_shift:
+                raise CxrEdgeError(
+                    None,
+                    f"{backend.name} takes {backend.chunk_patches} patches per call, fewer than one "
+                    f"shifted copy ({per_shift}): it cannot run tiled on the device",
+                )
+            self._device_images = Pool(lambda _key: factory(md.image_size, md.patch_size), _close)
+        #: Limits on each input file, checked before decoding (``cxr_edge.io.budget``).
+        self.input_budget = InputBudget()
+        #: Numbers of the pixel plausibility checks (``cxr_edge.io.plausibility``).
+        self.plausibility = PlausibilityLimits()
 
     @classmethod
     def load(
@@ -280,7 +320,7 @@ class CxrEdge:
         backend: str | PatchBackend = "auto",
         threads: int | None = None,
         accumulator: AccumulatorFactory | None = None,
-        max_patches: int = DEFAULT_MAX_PATCHES,
+        max_patches: int | None = None,
     ) -> CxrEdge:
         """Open a model. model: an ONNX file (default: the bundled demo model) or a TensorRT
         engine (.plan/.engine); backend: "auto" (TensorRT for an engine, else ONNX Runtime),
@@ -295,6 +335,7 @@ class CxrEdge:
         if not model.is_file():
             raise CxrEdgeError(model, "no such model file")
         edge = cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        edge._owns_backend = True  # opened here, so closed by close()
         _ = edge.model_info  # hash the model file now, not inside the first predict
         return edge
 
@@ -302,25 +343,29 @@ class CxrEdge:
     def model_info(self) -> dict[str, Any]:
         """What the report says about the model: path, sha256, metadata summary, intended use."""
         if self._model_info is None:
-            md = self.metadata
-            info: dict[str, Any] = {
-                "path": None if self.model_path is None else str(self.model_path),
-                "sha256": None,
-                "variant": md.variant.name,
-                "precision": md.precision,
-                "image_size": md.image_size,
-                "patch_size": md.patch_size,
-                "labels": list(md.labels),
-                "has_thresholds": md.thresholds is not None,
-                "checkpoint_sha256": md.checkpoint_sha256 or None,
-                "preprocessing": md.preprocessing,
-                "package_version": md.package_version,
-                "intended_use": md.intended_use,
-            }
-            if self.model_path is not None and self.model_path.is_file():
-                info["sha256"] = sha256_file(self.model_path)
+            path = self.model_path
+            sha256 = sha256_file(path) if path is not None and path.is_file() else None
+            info = describe_model(self.metadata, None if path is None else str(path), sha256)
             self._model_info = info  # idempotent, so a race between threads is harmless
         return dict(self._model_info)
+
+    def _check_finite(self, maps: SaliencyMaps, image: str | None) -> None:
+        """Non-finite outputs mean a broken model (or engine), never a "negative" finding."""
+        for what, values in (("logits", maps.logits), ("raw map", maps.raw), ("scaled map", maps.scaled)):
+            if not np.all(np.isfinite(values)):
+                self._raise_non_finite(what, values, image)
+
+    def _raise_non_finite(self, what: str, values: np.ndarray, image: str | None) -> None:
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise ModelError(
+            self.model_path or self.backend.name,
+            f"the model gave non-finite outputs (NaN or infinity: {bad} of {np.size(values)} {what}) "
+            f"on {image or 'the image'}; its results cannot be used",
+        )
+
+    def prepare(self, image: str | Path | np.ndarray, allow_non_chest: bool = False) -> PreparedImage:
+        """Decode and preprocess ``image`` for this model (``prepare_image``)."""
+        return prepare_image(image, self.metadata, allow_non_chest, self.input_budget, self.plausibility)
 
     def predict(
         self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
@@ -331,39 +376,59 @@ class CxrEdge:
         steps: shifts per patch side S (power of two, 1..64); S*S shifted copies are run.
         allow_non_chest: accept files whose DICOM header says they are not a frontal chest
         radiograph. Raises CxrEdgeError for unreadable or unsuitable input.
+        Timings (ms): decode, preprocess, tile, backend, postprocess; on a GPU "tile" and
+        "backend" are the host's enqueue times and "postprocess" includes the wait for the GPU.
         """
-        from cxr_edge.preprocess import preprocess
-        from cxr_edge.tile import iter_patch_batches
-
-        steps = check_steps(steps)
         md = self.metadata
-        if steps > md.patch_size:
-            raise CxrEdgeError(None, f"steps {steps} exceeds the model's patch size {md.patch_size}")
-        timings: dict[str, float] = {}
-        clock = time.perf_counter
+        steps = check_steps(steps, md.patch_size)
+        prepared = self.prepare(image, allow_non_chest)
+        timings = dict(prepared.timings_ms)
 
-        t0 = clock()
-        name: str | None = None
-        source, info = "array", {}
-        if isinstance(image, (str, Path)):
-            from cxr_edge.io import load_xray
-
-            xray = load_xray(image, allow_non_chest=allow_non_chest)
-            gray, name, source, info = xray.pixels, str(image), xray.source, dict(xray.info)
+        acc = self._accumulators.take(steps)
+        try:
+            if isinstance(acc, ReusableAccumulator):
+                acc.reset()
+            if self._device_images is not None and isinstance(acc, DeviceAccumulator):
+                maps, stage_ms = self._run_on_device(prepared.model_input, steps, acc)
+            else:
+                maps, stage_ms = self._run_on_host(prepared.model_input, steps, acc, prepared.name)
+        except BaseException:
+            self._accumulators.discard(acc)  # half-used: never hand it to the next image
+            raise
+        if isinstance(acc, ReusableAccumulator):
+            self._accumulators.give(steps, acc)
         else:
-            gray = _as_gray(image)
-        timings["decode"] = (clock() - t0) * 1e3
+            self._accumulators.discard(acc)
+        self._check_finite(maps, prepared.name)
+        timings.update(stage_ms)
 
-        t0 = clock()
-        pre = preprocess(gray, md.image_size, path=name)
-        timings["preprocess"] = (clock() - t0) * 1e3
+        return Prediction(
+            findings=findings_from(maps, md),
+            maps=maps,
+            gray=prepared.gray,
+            crop=prepared.crop,
+            metadata=md,
+            backend=self.backend.name,
+            model=self.model_info,
+            image=prepared.name,
+            source=prepared.source,
+            info=prepared.info,
+            timings_ms=timings,
+        )
 
-        acc = self._accumulator(steps, md.image_size, md.patch_size, md.num_classes)
-        # GPU backend + GPU postprocess: the engine writes logits straight into the
-        # postprocess's buffer, so patch logits never travel through the host.
-        on_device = hasattr(self.backend, "run_device") and hasattr(acc, "mark_written")
+    def _run_on_host(
+        self, model_input: np.ndarray, steps: int, acc: Accumulator, image: str | None = None
+    ) -> tuple[SaliencyMaps, dict[str, float]]:
+        """Tile on the host in chunks of ``max_patches``; logits to the accumulator via the host,
+        or straight into a device accumulator's buffer when the backend is a device backend."""
+        md = self.metadata
+        clock = time.perf_counter
+        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
+        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
         tile_s = backend_s = post_s = 0.0
-        batches: Iterator[Any] = iter_patch_batches(pre.image, steps, md.patch_size, self.max_patches)
+        batches: Iterator[PatchBatch] = iter_patch_batches(
+            model_input, steps, md.patch_size, self.max_patches
+        )
         while True:
             t0 = clock()
             batch = next(batches, None)
@@ -374,45 +439,78 @@ class CxrEdge:
             # logits may live in buffers the next run overwrites.
             with self._backend_lock or contextlib.nullcontext():
                 t0 = clock()
-                if on_device:
-                    device_acc: DeviceAccumulator = acc  # type: ignore[assignment]
-                    device_backend: DeviceBackend = self.backend  # type: ignore[assignment]
+                if device_backend is not None and device_acc is not None:
                     device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
                     t1 = clock()
                     device_acc.mark_written(batch.first_shift, len(batch.pairs))
                 else:
                     logits = self.backend.run(batch.patches)
                     t1 = clock()
+                    if not np.all(np.isfinite(logits)):  # before the postprocess does arithmetic on them
+                        self._raise_non_finite("logits", logits, image)
                     acc.add(batch.pairs, logits)
                 t2 = clock()
             backend_s += t1 - t0
             post_s += t2 - t1
         t0 = clock()
-        if on_device:  # the postprocess runs on its own stream: let the engine finish first
+        if device_backend is not None and device_acc is not None:
             with self._backend_lock or contextlib.nullcontext():
-                self.backend.synchronize()  # type: ignore[attr-defined]
-            backend_s += clock() - t0
-            t0 = clock()
+                device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
         maps = acc.finish(md.labels)
         post_s += clock() - t0
-        timings.update(tile=tile_s * 1e3, backend=backend_s * 1e3, postprocess=post_s * 1e3)
+        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
 
-        thresholds = md.thresholds
-        findings = []
-        for c, label in enumerate(md.labels):
-            p = float(maps.probabilities[c])
-            thr = None if thresholds is None else float(thresholds[c])
-            findings.append(Finding(label, float(maps.logits[c]), p, thr, None if thr is None else p >= thr))
-        return Prediction(
-            findings=tuple(findings),
-            maps=maps,
-            gray=gray,
-            crop=pre.crop,
-            metadata=md,
-            backend=getattr(self.backend, "name", type(self.backend).__name__),
-            model=self.model_info,
-            image=name,
-            source=source,
-            info=info,
-            timings_ms=timings,
-        )
+    def _run_on_device(
+        self, model_input: np.ndarray, steps: int, acc: DeviceAccumulator
+    ) -> tuple[SaliencyMaps, dict[str, float]]:
+        """Upload once, tile each chunk on the GPU into the engine's input, engine logits into
+        the postprocess's buffer; all on the engine's stream, then the postprocess after an event."""
+        backend = self.backend
+        assert isinstance(backend, DeviceBackend) and self._device_images is not None
+        md = self.metadata
+        clock = time.perf_counter
+        per_shift = md.patches_per_image
+        shifts_per_chunk = min(self.max_patches, backend.chunk_patches) // per_shift
+        total = steps * steps
+        image = self._device_images.take(0)
+        try:
+            with self._backend_lock or contextlib.nullcontext():
+                stream = backend.stream_handle
+                t0 = clock()
+                image.upload(model_input, stream)
+                tile_s, backend_s = clock() - t0, 0.0
+                for first in range(0, total, shifts_per_chunk):
+                    count = min(shifts_per_chunk, total - first)
+                    t0 = clock()
+                    image.tile(steps, first, count, backend.input_address(), stream)
+                    t1 = clock()
+                    backend.run_device_input(count * per_shift, acc.logits_address(first))
+                    acc.mark_written(first, count)
+                    tile_s += t1 - t0
+                    backend_s += clock() - t1
+                acc.wait_for(stream)
+            t0 = clock()
+            maps = acc.finish(md.labels)
+            post_s = clock() - t0
+        except BaseException:
+            self._device_images.discard(image)
+            raise
+        self._device_images.give(0, image)
+        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+
+    def close(self) -> None:
+        """Free what the model keeps between images: pooled postprocess buffers (GPU memory,
+        streams), device images, and the backend if ``load`` opened it. Idempotent; do not
+        ``predict`` afterwards."""
+        self._accumulators.close()
+        if self._device_images is not None:
+            self._device_images.close()
+        if self._owns_backend and isinstance(self.backend, Closeable):
+            self.backend.close()
+        self._owns_backend = False
+
+    def __enter__(self) -> CxrEdge:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

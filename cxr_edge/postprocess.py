@@ -4,6 +4,7 @@ For every shift ``(dr, dc)`` the patch-logit map (each patch value over its P x 
 shifted back (``map[y, x] = patchmap[y - dr, x - dc]``, zero outside) and the S*S maps are
 averaged. ``raw`` averages the patch logits; ``scaled`` averages patch logit x sigmoid(image logit
 of that same shifted copy). Image logits reported are those of the unshifted (0, 0) copy.
+The definitions: docs/model.md, "Raw and scaled patch maps" and "Shift averaging".
 
 Algorithm, cost O(patches*C + pixels*C) instead of O(S*S*pixels*C): a shifted patch map is
 piecewise constant, so its 2-D difference is non-zero only at the (G+1)^2 corners
@@ -17,11 +18,25 @@ per-cell values are cast to float32 before they are repeated over pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from cxr_edge.errors import CxrEdgeError
 from cxr_edge.tile import shift_offsets, shift_pairs
+
+#: The two saliency maps of an image: ``raw`` (mean patch logit) and ``scaled`` (mean of patch
+#: logit x sigmoid of its copy's image logit).
+MAP_KINDS: tuple[str, ...] = ("raw", "scaled")
+
+
+def check_map_kind(kind: str, what: str = "map") -> str:
+    """``kind`` if it names one of ``MAP_KINDS``, else CxrEdgeError naming ``what`` (e.g. "--map")."""
+    if kind not in MAP_KINDS:
+        raise CxrEdgeError(None, f"{what} must be one of {', '.join(MAP_KINDS)}, got {kind!r}")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,60 @@ class SaliencyMaps:
     probabilities: np.ndarray
     raw: np.ndarray
     scaled: np.ndarray
+
+    def map(self, kind: str) -> np.ndarray:
+        """The ``(C, H, W) float32`` maps of one of ``MAP_KINDS``."""
+        maps: np.ndarray = self.raw if check_map_kind(kind) == "raw" else self.scaled
+        return maps
+
+
+@runtime_checkable
+class Accumulator(Protocol):
+    """Turns one image's patch logits into ``SaliencyMaps``: ``SaliencyAccumulator`` (numpy, the
+    oracle) or ``cxr_edge.cuda.GpuPostprocess``. The pipeline opens one per image and closes it,
+    unless it is a ``ReusableAccumulator``."""
+
+    def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
+        """Host patch logits ``(K*G*G, C)`` of the K whole shifts ``pairs (K, 2)``."""
+        ...
+
+    def finish(self, labels: Sequence[str]) -> SaliencyMaps: ...
+
+    def close(self) -> None:
+        """Release what the accumulator holds (device memory); idempotent."""
+        ...
+
+
+@runtime_checkable
+class ReusableAccumulator(Accumulator, Protocol):
+    """An accumulator that serves image after image of one S (its buffers are costly to make:
+    device memory, streams); the pipeline keeps a pool of them for the model's life."""
+
+    def reset(self) -> None:
+        """Forget the last image, keep the buffers."""
+        ...
+
+
+@runtime_checkable
+class DeviceAccumulator(Accumulator, Protocol):
+    """An accumulator whose logits buffer lives on the GPU, so an engine can write into it."""
+
+    def logits_address(self, first_shift: int = 0) -> int:
+        """Device address of the ``(G*G, C)`` logit rows of shift ``first_shift`` onwards."""
+        ...
+
+    def mark_written(self, first_shift: int, count: int) -> None:
+        """Declare that shifts ``first_shift .. first_shift + count - 1`` were written on the device."""
+        ...
+
+    def wait_for(self, stream: int) -> None:
+        """Order the postprocess after everything enqueued on ``stream`` so far (the engine's
+        stream records an event, the postprocess's stream waits for it); no host sync."""
+        ...
+
+
+#: ``factory(steps, image_size, patch_size, num_classes) -> Accumulator``.
+AccumulatorFactory = Callable[[int, int, int, int], Accumulator]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -103,7 +172,10 @@ class SaliencyAccumulator:
         # Advanced indices split by a slice put the K axis first: target is (K, C, G, G).
         self._logits[:, :, rows, :, cols] = logits.reshape(len(pairs), g, g, c).transpose(0, 3, 1, 2)
 
-    def finish(self, labels: tuple[str, ...] | list[str]) -> SaliencyMaps:
+    def close(self) -> None:
+        """Nothing to release: host memory goes with the object."""
+
+    def finish(self, labels: Sequence[str]) -> SaliencyMaps:
         """Build the maps; every one of the S*S shifts must have been added."""
         labels = tuple(labels)
         if len(labels) != self.num_classes:

@@ -4,7 +4,8 @@ The public MedicalPatchNet code does ``ToTensor()`` (uint8 -> float32 / 255) and
 torchvision ``Resize`` on the tensor, i.e. ``torch.nn.functional.interpolate(mode="bilinear",
 antialias=True, align_corners=False)`` in float32. This module reproduces that with numpy only
 (no torch at run time): the resize is separable, each axis a short list of taps whose weights
-are computed exactly as PyTorch's antialiased bilinear kernel computes them.
+are computed exactly as PyTorch's antialiased bilinear kernel computes them. The contract:
+docs/model.md, "Input and preprocessing".
 """
 
 from __future__ import annotations

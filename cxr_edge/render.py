@@ -1,18 +1,34 @@
-"""Overlay images: a diverging saliency map blended over the X-ray at its original resolution.
+"""Overlay images: a diverging saliency map blended over the X-ray, framed by what a reader needs.
 
-``overlay`` is the exact formula the CUDA overlay kernel reproduces (see its docstring);
-``draw_legend`` adds the small legend (finding, probability, colour bar) with OpenCV and is
-kept separate so the formula stays testable on its own.
+``finding_overlay`` draws one finding of a ``Prediction`` in three composable steps:
+
+1. ``colour_scale`` + ``centred_map``: where the colour scale is neutral. By default
+   (``center="threshold"``) white is the model's decision threshold, in per-patch logit units:
+   the image logit is the mean of the patch logits, so the call is positive exactly when the
+   patches' mean exceeds ``t = logit(threshold)``; a patch above ``t`` pushes toward calling
+   the finding (red), below it away (blue). ``center="zero"`` is the paper's display (white at
+   logit 0, p = 0.5), also used for models without thresholds.
+2. ``overlay``: the blend, the exact formula the CUDA overlay kernel reproduces. Centring is
+   done by subtracting the centre from the map *before* ``overlay`` (``centred_map``), so the
+   formula and the kernel are unchanged; a GPU overlay must be given the centred map.
+3. ``frame_overlay``: the image unchanged in the middle of a larger canvas, a banner strip above
+   it when the model is not meant for clinical use, and a legend strip below it (model identity,
+   finding and call, colour bar with a scale, what the numbers mean, and any extra footer lines,
+   e.g. a rationale). Nothing is ever drawn over the X-ray; the output is taller than the input
+   by the two strips, whose text scales with the image width.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from cxr_edge.preprocess import CropBox
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.prediction import Prediction
+from cxr_edge.preprocess import CropBox
 
 #: End colours of the diverging scale (RGB): blue = evidence against, red = evidence for.
 _BLUE = np.array([33.0, 102.0, 172.0])
@@ -91,64 +107,301 @@ def overlay(
     return out
 
 
-def draw_legend(
-    rgb: np.ndarray,
-    label: str,
-    probability: float,
-    vmax: float,
-    map_name: str = "",
-    threshold: float | None = None,
-) -> np.ndarray:
-    """Draw a small legend in the top-right corner of ``rgb`` (h, w, 3) uint8 RGB, in place.
+#: Where the colour scale is neutral (white): the model's decision threshold or logit 0.
+CENTERS: tuple[str, ...] = ("threshold", "zero")
 
-    Shows the finding, its probability (and the model's decision threshold, if any) and a
-    colour bar from -vmax (blue, against) to +vmax (red, for) in logit units. Sized relative to the image so it stays legible from 256 px
-    to 4k px. Returns ``rgb``.
+
+def check_center(center: str, what: str = "center") -> str:
+    """``center`` if it is one of ``CENTERS``, else CxrEdgeError naming ``what``."""
+    if center not in CENTERS:
+        raise CxrEdgeError(None, f"{what} must be one of {', '.join(CENTERS)}, got {center!r}")
+    return center
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """What a colour means on one overlay.
+
+    centre_logit: the per-patch logit drawn white (``logit(threshold)`` or 0); reference: what
+    that is, in words; vmax > 0: the distance from the centre, in map units, drawn at full
+    colour (the scale is symmetric); map_kind: "raw" or "scaled".
     """
+
+    centre_logit: float
+    reference: str
+    vmax: float
+    map_kind: str
+
+
+def shift_coverage(steps: int, image_size: int, patch_size: int) -> np.ndarray:
+    """(N,) float64: the share of the S shift offsets for which a model-frame row (or column)
+    lies inside the shifted-back patch map (1 everywhere for S = 1; less within P/2 of the
+    edges, where a shifted copy's map is zero-filled). A pixel's share is row x column."""
+    from cxr_edge.tile import shift_offsets
+
+    offsets = shift_offsets(steps, patch_size)
+    y = np.arange(image_size)[:, None] - offsets[None, :]
+    inside: np.ndarray = ((y >= 0) & (y < image_size)).mean(axis=1)
+    return inside
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
+def colour_scale(
+    prediction: Prediction,
+    label: str,
+    map_kind: str = "scaled",
+    center: str = "threshold",
+    vmax: float | None = None,
+) -> ColourScale:
+    """The scale of one finding's overlay; ``vmax`` defaults to the centred map's largest magnitude."""
+    check_center(center)
+    f = prediction.finding(label)
+    if center == "threshold" and f.threshold is not None:
+        centre, reference = _logit(f.threshold), f"decision threshold, p = {f.threshold:.3f}"
+    elif center == "threshold":
+        centre, reference = 0.0, "logit 0, p = 0.5 (the model has no decision threshold)"
+    else:
+        centre, reference = 0.0, "logit 0, p = 0.5"
+    scale = ColourScale(centre, reference, 1.0, map_kind)
+    if vmax is None:
+        vmax = float(np.max(np.abs(centred_map(prediction, label, scale))))
+    return ColourScale(centre, reference, float(vmax), map_kind)
+
+
+def centred_map(prediction: Prediction, label: str, scale: ColourScale) -> np.ndarray:
+    """(N, N) float32: the finding's map minus the scale's centre, what ``overlay`` draws.
+
+    raw: ``raw - t * coverage`` = the shift average of (patch logit - t), zero outside each
+    shifted copy (``shift_coverage``); exactly the per-patch terms of the decision at S = 1.
+    scaled: ``scaled - t * p * coverage`` with p the image probability (each copy's own
+    probability weighs its patches; the unshifted one's stands in for all, exact at S = 1).
+    """
+    value_map = prediction.value_map(label, scale.map_kind)
+    if scale.centre_logit == 0.0:
+        return value_map
+    md = prediction.metadata
+    cov = shift_coverage(prediction.steps, md.image_size, md.patch_size)
+    weight = scale.centre_logit
+    if scale.map_kind == "scaled":
+        weight *= prediction.finding(label).probability
+    centre = (weight * np.outer(cov, cov)).astype(np.float32)
+    out: np.ndarray = value_map - centre
+    return out
+
+
+def clinical_use_banner(prediction: Prediction) -> str | None:
+    """The banner text when the model's intended use is not clinical (``cleared_for_clinical_use``)."""
+    from cxr_edge.metadata import cleared_for_clinical_use
+
+    md = prediction.metadata
+    if cleared_for_clinical_use(md.intended_use):
+        return None
+    use = " ".join(md.intended_use.split())
+    first = use.split(";")[0].split(".")[0].strip()
+    return "NOT FOR CLINICAL USE" + (f" - {first}" if first else " - intended use not stated")
+
+
+def model_identity(prediction: Prediction) -> str:
+    """One line naming the model: file name, variant, precision and a short sha256 of the file."""
+    m = prediction.model
+    path = m.get("path")
+    name = Path(str(path)).name if path else prediction.backend
+    sha = m.get("sha256") or m.get("checkpoint_sha256")
+    digest = f", sha256 {str(sha)[:12]}" if sha else ""
+    return f"model: {name} ({m.get('variant', '?')}, {m.get('precision', '?')}{digest})"
+
+
+def decision_text(prediction: Prediction, label: str) -> str:
+    """ "Lung Lesion: p = 0.068, threshold 0.066: POSITIVE" (or without a threshold: no call)."""
+    f = prediction.finding(label)
+    if f.threshold is None:
+        return f"{f.label}: p = {f.probability:.3f} (the model has no threshold: no call)"
+    call = "POSITIVE" if f.positive else "negative"
+    return f"{f.label}: p = {f.probability:.3f}, threshold {f.threshold:.3f}: {call}"
+
+
+def legend_lines(prediction: Prediction, label: str, scale: ColourScale) -> tuple[str, str]:
+    """The two plain-words lines under the colour bar: colours, then units."""
+    colours = f"red: pushes toward calling {label}; blue: away from it; white: neutral ({scale.reference})"
+    per = "evidence per patch" if scale.map_kind == "raw" else "evidence per patch x p (scaled map)"
+    if scale.centre_logit != 0.0:
+        units = f"numbers: {per}, logit minus the threshold's logit {scale.centre_logit:+.2f}; positive when the patches' mean is >= 0"
+    else:
+        units = f"numbers: {per}, in logits; the image logit is the mean over the patches"
+    return colours, units
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What the strips around an overlay show (``frame_overlay``).
+
+    banner: text of a red strip above the image (None: no strip); lines: text above the colour
+    bar; scale: the colour bar (None: none); notes: text under the bar; footer: extra lines at
+    the bottom (e.g. a rationale, decisive-patch notes) added by other display features.
+    """
+
+    banner: str | None
+    lines: tuple[str, ...]
+    scale: ColourScale | None
+    notes: tuple[str, ...] = ()
+    footer: tuple[str, ...] = ()
+
+
+def finding_frame(
+    prediction: Prediction, label: str, scale: ColourScale, footer: Sequence[str] = ()
+) -> Frame:
+    """The standard frame of one finding: banner, model identity, the call, bar, legend, footer."""
+    return Frame(
+        banner=clinical_use_banner(prediction),
+        lines=(model_identity(prediction), decision_text(prediction, label)),
+        scale=scale,
+        notes=legend_lines(prediction, label, scale),
+        footer=tuple(footer),
+    )
+
+
+def finding_image(
+    prediction: Prediction,
+    label: str,
+    map_kind: str = "scaled",
+    center: str = "threshold",
+    vmax: float | None = None,
+    alpha_max: float = 0.6,
+) -> tuple[np.ndarray, ColourScale]:
+    """The X-ray (h, w, 3) uint8 RGB with the centred map blended in, and its scale (no frame)."""
+    scale = colour_scale(prediction, label, map_kind, center, vmax)
+    rgb = overlay(
+        prediction.gray, centred_map(prediction, label, scale), prediction.crop, scale.vmax, alpha_max
+    )
+    return rgb, scale
+
+
+def finding_overlay(
+    prediction: Prediction,
+    label: str,
+    map_kind: str = "scaled",
+    vmax: float | None = None,
+    legend: bool = True,
+    alpha_max: float = 0.6,
+    center: str = "threshold",
+    footer: Sequence[str] = (),
+) -> np.ndarray:
+    """One finding's overlay: ``finding_image`` framed by ``finding_frame`` (module docstring).
+
+    Red = pushes toward calling the finding, blue = away, white = the decision threshold
+    (``center="zero"``: logit 0). ``vmax`` (map units) defaults to the centred map's largest
+    magnitude. legend=False: the bare (h, w, 3) blend; else (banner + h + legend, w, 3) uint8 RGB.
+    """
+    rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max)
+    if not legend:
+        return rgb
+    return frame_overlay(rgb, finding_frame(prediction, label, scale, footer))
+
+
+_WHITE_TEXT = (255, 255, 255)
+_PANEL = np.array([24, 24, 24], dtype=np.uint8)
+_BANNER = np.array([150, 0, 0], dtype=np.uint8)
+
+
+def _wrap(text: str, width: int, font: int, font_scale: float, thick: int) -> list[str]:
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` pixels."""
     import cv2
 
-    h, w = rgb.shape[:2]
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        trial = f"{current} {word}".strip()
+        if current and cv2.getTextSize(trial, font, font_scale, thick)[0][0] > width:
+            lines.append(current)
+            current = word
+        else:
+            current = trial
+    return [*lines, current] if current else lines
+
+
+def _text_block(lines: Sequence[str], width: int, background: np.ndarray, font_scale: float) -> np.ndarray:
+    """A (height, width, 3) strip with ``lines`` word-wrapped in white."""
+    import cv2
+
     font = cv2.FONT_HERSHEY_SIMPLEX
-    suffix = f" ({map_name})" if map_name else ""
-    decision = ""
-    if threshold is not None:
-        decision = f"  (threshold {threshold:.3f}: {'positive' if probability >= threshold else 'negative'})"
-    lines = [f"{label}", f"p = {probability:.3f}{decision}", f"map{suffix}, logit units"]
-    ticks = [f"-{vmax:.3g}", "0", f"+{vmax:.3g}"]
-    scale = max(min(h, w) / 1024.0, 0.35)
-    while True:
-        font_scale = 0.6 * scale
-        thick = max(1, round(1.5 * scale))
-        pad = max(1, round(10 * scale))
-        bar_w, bar_h = round(220 * scale), max(2, round(14 * scale))
-        line_h = cv2.getTextSize("Ag", font, font_scale, thick)[0][1] + pad
-        text_w = max(cv2.getTextSize(s, font, font_scale, thick)[0][0] for s in lines)
-        box_w = max(text_w, bar_w) + 2 * pad
-        box_h = pad + len(lines) * line_h + bar_h + pad + line_h
-        if box_w + pad <= w and box_h + pad <= h:
-            break
-        if scale < 0.15:
-            return rgb  # too small an image for a legible legend
-        scale *= 0.8
-    x0 = max(0, w - box_w - pad)
-    y0 = min(pad, max(0, h - box_h))
-    x1, y1 = min(w, x0 + box_w), min(h, y0 + box_h)
-    # A darkened panel keeps the text readable over bright lung fields.
-    rgb[y0:y1, x0:x1] = (rgb[y0:y1, x0:x1].astype(np.float32) * 0.35).astype(np.uint8)
-    y = y0 + pad
-    for s in lines:
-        y += line_h
-        cv2.putText(rgb, s, (x0 + pad, y - pad // 2), font, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
-    bar_y = y + pad // 2
-    bar_x = x0 + pad
+    thick = max(1, round(2 * font_scale))
+    pad = max(2, round(12 * font_scale))
+    text_h = cv2.getTextSize("Ag", font, font_scale, thick)[0][1]
+    line_h = text_h + pad
+    wrapped = [w for line in lines for w in _wrap(line, width - 2 * pad, font, font_scale, thick)]
+    strip = np.empty((pad + len(wrapped) * line_h + pad // 2, width, 3), dtype=np.uint8)
+    strip[:] = background
+    for i, line in enumerate(wrapped):
+        y = pad + i * line_h + text_h
+        cv2.putText(strip, line, (pad, y), font, font_scale, _WHITE_TEXT, thick, cv2.LINE_AA)
+    return strip
+
+
+def _colour_bar(scale: ColourScale, width: int, font_scale: float) -> np.ndarray:
+    """The colour bar (LUT from -vmax to +vmax) with five ticks, on a dark strip."""
+    import cv2
+
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    thick = max(1, round(2 * font_scale))
+    pad = max(2, round(12 * font_scale))
+    text_h = cv2.getTextSize("Ag", font, font_scale, thick)[0][1]
+    bar_h = max(4, round(24 * font_scale))
+    strip = np.empty((pad + bar_h + pad + text_h + pad, width, 3), dtype=np.uint8)
+    strip[:] = _PANEL
+    bar_w = width - 2 * pad
     ramp = np.linspace(0, 255, max(bar_w, 1)).round().astype(np.intp)
-    rgb[bar_y : bar_y + bar_h, bar_x : bar_x + len(ramp)] = DIVERGING_LUT[ramp][None, :, :]
-    tick_y = bar_y + bar_h + line_h - pad // 2
-    for frac, s in zip((0.0, 0.5, 1.0), ticks):
-        tw = cv2.getTextSize(s, font, font_scale, thick)[0][0]
-        tx = int(bar_x + frac * (bar_w - 1) - frac * tw)
-        cv2.putText(rgb, s, (tx, tick_y), font, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return rgb
+    strip[pad : pad + bar_h, pad : pad + len(ramp)] = DIVERGING_LUT[ramp][None, :, :]
+    v = scale.vmax
+    ticks = [
+        (0.0, f"{-v:+.3g} away"),
+        (0.25, f"{-v / 2:+.3g}"),
+        (0.5, "0 = neutral"),
+        (0.75, f"{v / 2:+.3g}"),
+        (1.0, f"{v:+.3g} toward"),
+    ]
+    y = pad + bar_h + pad + text_h
+    for frac, text in ticks:
+        tw = cv2.getTextSize(text, font, font_scale, thick)[0][0]
+        x = int(pad + frac * (bar_w - 1) - frac * tw)
+        tick_x = int(pad + frac * (bar_w - 1))
+        cv2.line(strip, (tick_x, pad + bar_h), (tick_x, pad + bar_h + pad // 2), _WHITE_TEXT, thick)
+        cv2.putText(strip, text, (x, y), font, font_scale, _WHITE_TEXT, thick, cv2.LINE_AA)
+    return strip
+
+
+def frame_font_scale(width: int) -> float:
+    """OpenCV font scale of the strips: letters about 1/40 of the image width tall, never below
+    legibility (0.45, ~10 px) and capped for very wide images."""
+    return float(min(max(width / 1100.0, 0.45), 3.0))
+
+
+def frame_overlay(rgb: np.ndarray, frame: Frame) -> np.ndarray:
+    """``rgb`` (h, w, 3) uint8 untouched between a banner strip (above, if any) and a legend
+    strip (below): returns (h + strips, max(w, 480), 3) uint8 RGB. Narrow images get a canvas
+    at least 480 px wide so the legend stays legible; the image is centred on it."""
+    h, w = rgb.shape[:2]
+    width = max(w, 480)
+    font_scale = frame_font_scale(width)
+    parts: list[np.ndarray] = []
+    if frame.banner:
+        parts.append(_text_block([frame.banner], width, _BANNER, font_scale * 1.15))
+    image = np.empty((h, width, 3), dtype=np.uint8)
+    image[:] = _PANEL
+    left = (width - w) // 2
+    image[:, left : left + w] = rgb
+    parts.append(image)
+    if frame.lines:
+        parts.append(_text_block(frame.lines, width, _PANEL, font_scale))
+    if frame.scale is not None:
+        parts.append(_colour_bar(frame.scale, width, font_scale))
+    if frame.notes:
+        parts.append(_text_block(frame.notes, width, _PANEL, font_scale * 0.85))
+    if frame.footer:
+        parts.append(_text_block(frame.footer, width, _PANEL, font_scale))
+    return np.ascontiguousarray(np.concatenate(parts, axis=0))
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

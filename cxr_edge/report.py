@@ -6,17 +6,21 @@ precision, labels, intended_use, ...}, ``steps``, ``map`` ("raw" | "scaled"), ``
 [{label, logit, probability, threshold, positive}] in the model's label order, ``reported``
 (labels shown by default), ``evidence`` (where the map of each reported finding puts its
 evidence, see ``evidence_summary``), ``backend``, ``timings_ms`` {stage: ms}, ``info``
-(non-identifying facts from the file header).
+(non-identifying facts from the file header); ``overlays`` (file names) when result files were
+written (``cxr_edge.outputs``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
-if TYPE_CHECKING:
-    from cxr_edge.pipeline import Prediction
+import numpy as np
+
+from cxr_edge.postprocess import map_peak
+from cxr_edge.prediction import Prediction
 
 REPORT_VERSION = 1
 
@@ -48,7 +52,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def evidence_summary(prediction: Prediction, label: str, map: str = "scaled") -> dict[str, Any]:
+def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled") -> dict[str, Any]:
     """Where one finding's map puts its evidence, as facts (no interpretation).
 
     ``peak``: the strongest evidence for the finding (map maximum), at ``x``, ``y`` in
@@ -57,11 +61,7 @@ def evidence_summary(prediction: Prediction, label: str, map: str = "scaled") ->
     ``BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
     the value an evenly spread map would give. ``peak_in_border``: the peak lies in the band.
     """
-    import numpy as np
-
-    from cxr_edge.postprocess import map_peak
-
-    m = prediction.value_map(label, map)
+    m = prediction.value_map(label, map_kind)
     n = m.shape[0]
     band = max(1, round(n * BORDER_FRACTION))
     row, col = map_peak(m)
@@ -72,7 +72,7 @@ def evidence_summary(prediction: Prediction, label: str, map: str = "scaled") ->
     scale = crop.side / n
     return {
         "label": label,
-        "map": map,
+        "map": map_kind,
         "peak": {
             "x": round(crop.left + (col + 0.5) * scale - 0.5, 1),
             "y": round(crop.top + (row + 0.5) * scale - 0.5, 1),
@@ -84,11 +84,21 @@ def evidence_summary(prediction: Prediction, label: str, map: str = "scaled") ->
     }
 
 
-def build_report(prediction: Prediction, map: str = "scaled") -> dict[str, Any]:
-    """The report dict of one prediction (JSON-ready, see the module docstring)."""
+def build_report(
+    prediction: Prediction,
+    map_kind: str = "scaled",
+    overlays: Sequence[str] | None = None,
+    extra_timings_ms: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The report dict of one prediction (JSON-ready, see the module docstring).
+
+    overlays: names of the overlay files written for it (None: no files were written);
+    extra_timings_ms: stages outside ``predict`` (e.g. ``render``), added to ``timings_ms``.
+    """
     p = prediction
     crop = p.crop
-    return {
+    timings = {**p.timings_ms, **(extra_timings_ms or {})}
+    report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "image": p.image,
         "source": p.source,
@@ -96,7 +106,7 @@ def build_report(prediction: Prediction, map: str = "scaled") -> dict[str, Any]:
         "crop": {"top": int(crop.top), "left": int(crop.left), "side": int(crop.side)},
         "model": _plain(p.model),
         "steps": p.steps,
-        "map": map,
+        "map": map_kind,
         "findings": [
             {
                 "label": f.label,
@@ -108,11 +118,14 @@ def build_report(prediction: Prediction, map: str = "scaled") -> dict[str, Any]:
             for f in p.findings
         ],
         "reported": p.reported_labels(),
-        "evidence": [evidence_summary(p, label, map) for label in p.reported_labels()],
+        "evidence": [evidence_summary(p, label, map_kind) for label in p.reported_labels()],
         "backend": p.backend,
-        "timings_ms": {k: round(float(v), 3) for k, v in p.timings_ms.items()},
+        "timings_ms": {k: round(float(v), 3) for k, v in timings.items()},
         "info": _plain(p.info),
     }
+    if overlays is not None:
+        report["overlays"] = list(overlays)
+    return report
 
 
 def report_json(report: dict[str, Any] | list[dict[str, Any]]) -> str:

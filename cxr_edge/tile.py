@@ -1,7 +1,7 @@
 """Tiling: cut every shifted copy of the model-frame image into its patches, in one fixed order.
 
-Shift offsets (SPEC.md): ``round(P*k/S)`` for k in 0..S-1, wrapped into ``[-P/2, P/2)`` and
-sorted (P = patch_size, S = steps). All S*S pairs ``(dr, dc)`` are used.
+Shift offsets (docs/model.md, "Shift averaging"): ``round(P*k/S)`` for k in 0..S-1, wrapped
+into ``[-P/2, P/2)`` and sorted (P = patch_size, S = steps). All S*S pairs ``(dr, dc)`` are used.
 
 Order, shared by every backend and postprocess (including the CUDA kernels):
 
@@ -20,6 +20,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from cxr_edge.errors import CxrEdgeError
+
+#: Steps per patch S must nest (powers of two: the offsets of S are a subset of those of 2S)
+#: and stay within one patch of the 64-pixel reference geometry.
+VALID_STEPS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def check_steps(steps: object, patch_size: int | None = None) -> int:
+    """``steps`` as an int if it is a power of two in 1..64 (and at most ``patch_size`` pixels,
+    when given: each step is at least one pixel); else CxrEdgeError. The one place steps are checked."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or int(steps) not in VALID_STEPS:
+        raise CxrEdgeError(None, f"steps must be a power of two in 1..64, got {steps!r}")
+    if patch_size is not None and int(steps) > patch_size:
+        raise CxrEdgeError(None, f"steps {steps} exceeds the model's patch size {patch_size}")
+    return int(steps)
 
 
 def shift_offsets(steps: int, patch_size: int) -> np.ndarray:

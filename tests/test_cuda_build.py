@@ -32,6 +32,8 @@ EXPORTED = {
     "cxr_postprocess_launch",
     "cxr_overlay_launch",
     "cxr_postprocess_workspace_bytes",
+    "cxr_postprocess_shared_bytes",
+    "cxr_device_shared_memory_optin",
     "cxr_shift_offsets",
     "cxr_device_count",
     "cxr_status_string",
@@ -92,12 +94,62 @@ def test_struct_mirrors_have_the_library_sizes(kernels) -> None:
         assert lib.cxr_struct_size(which) == ctypes.sizeof(struct)
 
 
-def test_workspace_size_is_two_column_pass_buffers(kernels) -> None:
+def test_workspace_size_is_the_column_pass_buffers(kernels) -> None:
     params = PostprocessParams(512, 64, 8, 14, 0)
+    baseline = 64 * 4  # (C,) padded to 64 floats
     one = 14 * 8 * 8 * 512 * 4  # C*S*G*N float32
-    assert kernels.workspace_bytes(params, True, True) == 2 * one
-    assert kernels.workspace_bytes(params, True, False) == one
+    cover = 14 * 8 * 512 * 4  # w_cover (C, S, N)
+    assert kernels.workspace_bytes(params, True, True) == baseline + 2 * one + cover
+    assert kernels.workspace_bytes(params, True, False) == baseline + one
+    assert kernels.workspace_bytes(params, False, True) == baseline + one + cover
     assert kernels.workspace_bytes(params, False, False) == 0
+
+
+@pytest.mark.parametrize(
+    "steps, size, patch, classes",
+    [
+        (1, 512, 64, 1),
+        (8, 512, 64, 14),
+        (64, 512, 64, 14),
+        (64, 512, 64, 100),
+        (4, 128, 16, 3),
+        (128, 8192, 128, 7),
+    ],
+)
+def test_shared_memory_formula_is_the_librarys(
+    kernels, steps: int, size: int, patch: int, classes: int
+) -> None:
+    from cxr_edge.cuda.kernels import column_pass_shared_bytes
+
+    expected = steps * classes * (size // patch + 1) * 4
+    assert column_pass_shared_bytes(steps, size, patch, classes) == expected
+    assert kernels.shared_bytes(PostprocessParams(size, patch, steps, classes, 0)) == expected
+
+
+def test_too_many_classes_for_shared_memory_is_a_clear_error() -> None:
+    """Host-side: the message names the limit and how many classes fit. 227 KiB is an H100's
+    opt-in limit, 163 KiB Jetson Orin's; at S=64 each class needs 2304 bytes."""
+    from cxr_edge.cuda.kernels import max_classes, shared_memory_problem
+
+    h100, orin = 232448, 166912
+    assert max_classes(64, 512, 64, h100) == 100 and max_classes(64, 512, 64, orin) == 72
+    assert max_classes(8, 512, 64, orin) == 579
+    assert shared_memory_problem(PostprocessParams(512, 64, 64, 14, 0), orin) is None
+    assert shared_memory_problem(PostprocessParams(512, 64, 64, 72, 0), orin) is None
+    problem = shared_memory_problem(PostprocessParams(512, 64, 64, 73, 0), orin)
+    assert problem is not None and "\n" not in problem
+    assert "73 classes at S=64 need 168192 bytes" in problem
+    assert (
+        "allows 166912 (cudaDevAttrMaxSharedMemoryPerBlockOptin)" in problem
+        and "at most 72 classes" in problem
+    )
+
+
+def test_shared_memory_limit_without_a_device_is_an_error_not_zero(kernels) -> None:
+    if kernels.device_count() > 0:
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(CxrEdgeError, match="cudaDevAttrMaxSharedMemoryPerBlockOptin"):
+        kernels.shared_memory_optin()
 
 
 def test_no_device_is_reported_as_zero_not_an_error(kernels) -> None:

@@ -13,6 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_emulation import (
+    REL_TOL,
+    emulate_overlay,
+    emulate_postprocess,
+    separable_reference,
+    structured_logits,
+)
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import SaliencyAccumulator, sigmoid, smooth_maps
@@ -191,8 +198,54 @@ def test_postprocess_matches_numpy_oracle(gpu: Gpu, steps: int, classes: int, dt
     np.testing.assert_allclose(got["shift_logits"], shift_means, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got["image_logits"], want.logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(got["probabilities"], want.probabilities, rtol=0, atol=1e-6)
-    assert np.abs(got["raw"] - want.raw).max() <= 1e-5
-    assert np.abs(got["scaled"] - want.scaled).max() <= 1e-5
+    assert np.abs(got["raw"] - want.raw).max() <= 1e-5 * np.abs(want.raw).max()
+    assert np.abs(got["scaled"] - want.scaled).max() <= 1e-5 * np.abs(want.scaled).max()
+
+
+@pytest.mark.parametrize("steps", [8, 64])
+@pytest.mark.parametrize("offset", [0.0, -12.0, -25.0])
+def test_postprocess_is_its_emulation_and_offset_independent(gpu: Gpu, steps: int, offset: float) -> None:
+    """Biased logits (absent findings sit far below zero): the kernels compute exactly what
+    tests/kernel_emulation.py computes in float32 (raw maps, shift and image logits bit for bit;
+    scaled up to the ulps of expf in the weights), and both meet a relative tolerance against
+    the float64 definition (tests/test_kernel_numerics.py shows the emulation's error does not
+    grow with the offset)."""
+    classes = 3
+    logits = structured_logits(steps, offset, classes, seed=steps + int(-offset))
+    got = run_postprocess(gpu, logits, steps)
+    emulated = emulate_postprocess(logits, steps, N, P)
+    want = separable_reference(logits, steps, N, P)
+    np.testing.assert_array_equal(got["shift_logits"], emulated["shift_logits"])
+    np.testing.assert_array_equal(got["image_logits"], emulated["logits"])
+    np.testing.assert_array_equal(got["raw"], emulated["raw"])
+    scale = float(np.abs(emulated["scaled"]).max())
+    assert np.abs(got["scaled"] - emulated["scaled"]).max() <= 1e-6 * scale
+    for kind in ("raw", "scaled"):
+        assert np.abs(got[kind] - want[kind]).max() <= REL_TOL * np.abs(want[kind]).max(), kind
+
+
+def test_too_many_classes_for_shared_memory_is_refused_before_launch(gpu: Gpu) -> None:
+    """Classes beyond the device's opt-in shared memory: a CxrEdgeError naming the limit, and
+    no kernel has run (the shift logits stay poisoned)."""
+    from cxr_edge.cuda.kernels import PostprocessBuffers, PostprocessParams, max_classes
+
+    steps = 64
+    limit = gpu.kernels.shared_memory_optin()
+    classes = max_classes(steps, N, P, limit) + 1
+    params = PostprocessParams(N, P, steps, classes, 0)
+    d_logits = gpu.poisoned(steps * steps * G * G * classes * 4)
+    d_shift = gpu.poisoned(steps * steps * classes * 4)
+    d_maps = gpu.poisoned(classes * N * N * 4)
+    d_work = gpu.poisoned(gpu.kernels.workspace_bytes(params, True, False))
+    buffers = PostprocessBuffers(d_logits.ptr, d_shift.ptr, None, None, d_maps.ptr, None, d_work.ptr)
+    with pytest.raises(CxrEdgeError, match=f"allows {limit} \\(cudaDevAttrMaxSharedMemoryPerBlockOptin\\)"):
+        gpu.kernels.postprocess(params, buffers, gpu.stream.handle)
+    raw = gpu.download(d_shift, (steps * steps * classes,), np.uint32)
+    assert np.all(raw == 0xFFFFFFFF)
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+
+    with pytest.raises(CxrEdgeError, match="cudaDevAttrMaxSharedMemoryPerBlockOptin"):
+        GpuPostprocess(steps, N, P, classes, library=str(gpu.kernels.path))
 
 
 @pytest.mark.parametrize("raw, scaled", [(True, False), (False, True), (False, False)])
@@ -203,7 +256,7 @@ def test_postprocess_writes_only_the_requested_maps(gpu: Gpu, raw: bool, scaled:
     want_raw, want_scaled = smooth_maps(logits, steps, N, P)
     for name, wanted, ref in (("raw", raw, want_raw), ("scaled", scaled, want_scaled)):
         if wanted:
-            assert np.abs(got[name] - ref).max() <= 1e-5
+            assert np.abs(got[name] - ref).max() <= 1e-5 * np.abs(ref).max()
         else:
             assert np.isnan(got[name]).all(), f"{name} was written although not requested"
     assert np.isfinite(got["image_logits"]).all()
@@ -235,10 +288,12 @@ def test_oracle_agrees_with_the_definition_in_float64(gpu: Gpu) -> None:
 @pytest.mark.parametrize(
     "shape, crop", [((300, 260), (20, 0, 260)), ((256, 256), (0, 0, 256)), ((700, 1100), (0, 200, 700))]
 )
-def test_overlay_matches_render_overlay_exactly(gpu: Gpu, shape, crop) -> None:
+def test_overlay_is_its_formula_exactly(gpu: Gpu, shape, crop) -> None:
+    """Bit for bit the kernel's formula in numpy (tests/kernel_emulation.py); within one level of
+    render.overlay (cv2.resize rounds its weights differently; tests/test_kernel_numerics.py)."""
     from cxr_edge.cuda.kernels import overlay_params
     from cxr_edge.preprocess import CropBox
-    from cxr_edge.render import overlay
+    from cxr_edge.render import DIVERGING_LUT, overlay
 
     rng = np.random.default_rng(shape[0])
     gray = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -251,13 +306,15 @@ def test_overlay_matches_render_overlay_exactly(gpu: Gpu, shape, crop) -> None:
     gpu.kernels.overlay(params, d_gray.ptr, d_maps.ptr, d_out.ptr, None, gpu.stream.handle)
     got = gpu.download(d_out, (3, *shape, 3), np.uint8)
     for o, (m, v) in enumerate(zip([2, 0, 1], vmax)):
-        np.testing.assert_array_equal(got[o], overlay(gray, maps[m], box, v, alpha_max=0.6))
+        np.testing.assert_array_equal(got[o], emulate_overlay(gray, maps[m], crop, v, DIVERGING_LUT, 0.6))
+        cv2_way = overlay(gray, maps[m], box, v, alpha_max=0.6).astype(np.int16)
+        assert np.abs(got[o].astype(np.int16) - cv2_way).max() <= 1
 
 
 def test_overlay_reads_vmax_from_the_device(gpu: Gpu) -> None:
     from cxr_edge.cuda.kernels import overlay_params
     from cxr_edge.preprocess import CropBox
-    from cxr_edge.render import overlay
+    from cxr_edge.render import DIVERGING_LUT
 
     rng = np.random.default_rng(11)
     gray = rng.integers(0, 256, (200, 180), dtype=np.uint8)
@@ -270,8 +327,9 @@ def test_overlay_reads_vmax_from_the_device(gpu: Gpu) -> None:
         params, gpu.upload(gray).ptr, gpu.upload(maps).ptr, d_out.ptr, gpu.upload(vmax).ptr, gpu.stream.handle
     )
     got = gpu.download(d_out, (2, 200, 180, 3), np.uint8)
-    np.testing.assert_array_equal(got[0], overlay(gray, maps[1], box, float(vmax[1])))
-    np.testing.assert_array_equal(got[1], overlay(gray, maps[0], box, float(vmax[0])))
+    crop = (box.top, box.left, box.side)
+    np.testing.assert_array_equal(got[0], emulate_overlay(gray, maps[1], crop, float(vmax[1]), DIVERGING_LUT))
+    np.testing.assert_array_equal(got[1], emulate_overlay(gray, maps[0], crop, float(vmax[0]), DIVERGING_LUT))
 
 
 # ---- the pipeline-facing accumulator ----------------------------------------------------------
@@ -281,7 +339,7 @@ def test_overlay_reads_vmax_from_the_device(gpu: Gpu) -> None:
 def test_gpu_postprocess_accumulator_matches_numpy(gpu: Gpu, logits_dtype) -> None:
     from cxr_edge.cuda.postprocess import GpuPostprocess
     from cxr_edge.preprocess import CropBox
-    from cxr_edge.render import overlay
+    from cxr_edge.render import DIVERGING_LUT
 
     steps, classes = 8, 14
     logits = random_logits(steps, classes, logits_dtype, seed=5).astype(np.float32)
@@ -314,9 +372,13 @@ def test_gpu_postprocess_accumulator_matches_numpy(gpu: Gpu, logits_dtype) -> No
     np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
     assert np.abs(got.raw - want.raw).max() <= 1e-5
     assert np.abs(got.scaled - want.scaled).max() <= 1e-5
-    # The overlay draws the GPU's own map: compare with render.overlay of that same map.
-    np.testing.assert_array_equal(images[0], overlay(gray, got.scaled[3], box, 1.0))
-    np.testing.assert_array_equal(images[1], overlay(gray, got.scaled[0], box, 0.5))
+    # The overlay draws the GPU's own map: compare with the kernel's formula on that same map.
+    np.testing.assert_array_equal(
+        images[0], emulate_overlay(gray, got.scaled[3], (40, 0, 520), 1.0, DIVERGING_LUT)
+    )
+    np.testing.assert_array_equal(
+        images[1], emulate_overlay(gray, got.scaled[0], (40, 0, 520), 0.5, DIVERGING_LUT)
+    )
 
 
 def test_engine_written_logits_need_no_host_copy(gpu: Gpu) -> None:

@@ -41,6 +41,7 @@ def test_demo_model_says_what_it_is(sample_prediction) -> None:
 
 def test_sample_is_the_documented_phantom_and_its_finding_is_found(sample_prediction) -> None:
     from cxr_edge.phantoms import PHANTOM_LABELS, render_phantom
+    from cxr_edge.report import build_report
 
     train_demo = load_train_demo()
     finding = train_demo.SAMPLE_FINDING
@@ -56,7 +57,7 @@ def test_sample_is_the_documented_phantom_and_its_finding_is_found(sample_predic
     assert sample_prediction.finding(finding).positive
     # The scaled map's strongest evidence, in original pixels, lies on the planted finding
     # (its mask grown by one pixel, for the rounding of the peak's position).
-    peak = sample_prediction.to_report()["evidence"]
+    peak = build_report(sample_prediction)["evidence"]
     peak = next(e["peak"] for e in peak if e["label"] == finding)
     near = cv2.dilate(phantom.masks[finding].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     assert near[round(peak["y"]), round(peak["x"])]

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.evaluate import (
-    LocalizationTally,
-    auroc,
-    binary_counts,
-    evaluate_cases,
-    folder_cases,
+from cxr_edge.evaluate.datasets import Case, folder_cases, phantom_cases
+from cxr_edge.evaluate.loop import evaluate_cases
+from cxr_edge.evaluate.maps import ImageMaps
+from cxr_edge.evaluate.metrics import auroc, binary_counts, youden_threshold
+from cxr_edge.evaluate.protocols.base import MapCase
+from cxr_edge.evaluate.protocols.chexlocalize import CheXlocalizeProtocol
+from cxr_edge.evaluate.protocols.cxr_edge import (
+    CxrEdgeProtocol,
     iou,
     map_hit,
     mask_to_model_frame,
-    phantom_cases,
     threshold_map,
-    youden_threshold,
 )
+from cxr_edge.preprocess import CropBox
 
 
 def brute_force_auroc(y: np.ndarray, s: np.ndarray) -> float:
@@ -110,22 +110,25 @@ def test_map_peak_is_the_centre_of_a_plateau_not_its_raster_first_corner():
     assert map_peak(single) == (3, 1)
 
 
-def test_localization_tally_counts_tp_fp_fn_and_skips_tn():
+def test_cxr_edge_protocol_counts_tp_fp_fn_and_skips_tn():
     truth = np.zeros((4, 4), bool)
     truth[0, 0:2] = True
     good = np.zeros((4, 4), np.float32)
     good[0, 0:2] = 1.0  # thresholded region == truth: IoU 1, hit
     bad = np.zeros((4, 4), np.float32)
     bad[3, 3] = 1.0
-    t = LocalizationTally()
-    t.add(good, truth, gt_positive=True, predicted=True)  # TP, IoU 1, hit
-    t.add(bad, truth, gt_positive=True, predicted=False)  # FN, IoU 0, miss
-    t.add(bad, None, gt_positive=False, predicted=True)  # FP, IoU 0
-    t.add(bad, None, gt_positive=False, predicted=False)  # TN: not counted
-    t.add(good, None, gt_positive=True, predicted=True)  # positive without region: not scorable
-    assert t.kinds == {"tp": 1, "fp": 1, "fn": 1}
-    assert t.pointed == 2 and t.hits == 1 and t.hit_rate == 0.5
-    assert t.miou == pytest.approx(1 / 3)
+    crop = CropBox(0, 0, 4)
+    protocol = CxrEdgeProtocol()
+
+    def score(value_map, truth, positive, predicted):
+        return protocol.score(MapCase("A", "raw", value_map, crop, (4, 4), positive, truth, predicted, 0.5))
+
+    assert score(good, truth, True, True) == {"hit_rate": 1.0, "miou": 1.0}  # TP
+    assert score(bad, truth, True, False) == {"hit_rate": 0.0, "miou": 0.0}  # FN
+    fp = score(bad, None, False, True)  # FP: IoU 0, no hit figure
+    assert np.isnan(fp["hit_rate"]) and fp["miou"] == 0.0
+    assert all(np.isnan(v) for v in score(bad, None, False, False).values())  # TN
+    assert all(np.isnan(v) for v in score(good, None, True, True).values())  # positive without region
 
 
 def test_mask_to_model_frame_crops_and_resizes():
@@ -149,19 +152,17 @@ def test_phantom_cases_give_masks_for_positives_only():
         assert set(c.masks) == {k for k, v in c.targets.items() if v}
 
 
-def _fake_predict(maps_for, size):
-    def predict(image):
+def _fake_source(maps_for, size):
+    def source(image):
         raw, prob = maps_for(image)
-        maps = SimpleNamespace(probabilities=prob, raw=raw, scaled=raw * 2.0)
-        return SimpleNamespace(maps=maps, crop=SimpleNamespace(top=0, left=0, side=size))
+        return ImageMaps(prob, {"raw": raw, "scaled": raw * 2.0}, CropBox(0, 0, size), (size, size))
 
-    return predict
+    return source
 
 
 def test_evaluate_cases_with_an_oracle_predictor():
-    """A predictor whose map is the ground-truth mask scores AUROC 1, hit rate 1, IoU 1 on TPs."""
-    from cxr_edge.evaluate import Case
-
+    """A predictor whose map is the ground-truth mask scores AUROC 1, hit rate 1, IoU 1 on TPs,
+    under the cxr-edge protocol and CheXlocalize's (Otsu of a two-level map is the mask)."""
     size = 32
     rng = np.random.default_rng(1)
     cases = []
@@ -181,15 +182,23 @@ def test_evaluate_cases_with_an_oracle_predictor():
         return value, np.array([0.9 if positive else 0.1])
 
     seen = []
-    [res] = evaluate_cases(cases, _fake_predict(maps_for, size), ["A"], [0.5], size, on_case=seen.append)
+    protocols = [CxrEdgeProtocol(), CheXlocalizeProtocol()]
+    [res], (edge, chex) = evaluate_cases(
+        cases, _fake_source(maps_for, size), ["A"], [0.5], protocols, ("raw", "scaled"), 100, 0, seen.append
+    )
     assert len(seen) == 8
     assert res.n == 8 and res.positives == 4 and res.auroc == 1.0
     assert res.counts.sensitivity == 1.0 and res.counts.specificity == 1.0
     for kind in ("raw", "scaled"):
-        loc = res.localization[kind]
-        assert loc.hit_rate == 1.0 and loc.miou == 1.0 and loc.kinds == {"tp": 4, "fp": 0, "fn": 0}
-    d = res.to_dict()
-    assert d["localization"]["raw"]["hits"] == 4 and d["tp"] == 4
+        fig = edge.figures[kind]
+        assert fig["hit_rate"][0][0].value == 1.0 and fig["hit_rate"][0][0].cases == 4
+        assert fig["miou"][0][0].value == 1.0 and fig["miou"][0][0].cases == 4  # 4 TP, no FP/FN
+        fig = chex.figures[kind]
+        assert fig["hit_rate"][0][0].value == 1.0 and fig["miou_tp_only"][0][0].value == 1.0
+        # negatives: constant (all-zero) maps give no region, so TP, FP, FN counts only the 4 TPs
+        assert fig["miou_tp_fp_fn"][0][0].cases == 4
+    d = edge.to_dict(["A"])
+    assert d["maps"]["raw"]["classes"]["A"]["hit_rate"]["cases"] == 4
 
 
 def test_folder_cases_generic_layout(tmp_path: Path):
@@ -277,10 +286,12 @@ def test_eval_command_on_phantoms_writes_a_consistent_report(tiny_onnx: Path, tm
     assert report["dataset"]["seeds"] == [5, 8] and report["steps"] == 1
     by_label = {c["label"]: c for c in report["classes"]}
     assert set(by_label) == set(PHANTOM_LABELS)  # the other CheXpert classes have no phantom truth
+    assert set(report["localization"]) == {"chexlocalize"}  # the default protocol
 
     engine = CxrEdge.load(tiny_onnx, threads=1)
     phantoms = [render_phantom(s, size=128) for s in range(5, 9)]
     probs = np.array([engine.predict(p.image, steps=1).maps.probabilities for p in phantoms])
+    chex = report["localization"]["chexlocalize"]["maps"]
     for label, c in by_label.items():
         y = np.array([p.labels[label] for p in phantoms])
         s = probs[:, engine.metadata.labels.index(label)]
@@ -292,9 +303,11 @@ def test_eval_command_on_phantoms_writes_a_consistent_report(tiny_onnx: Path, tm
         else:
             assert c["auroc"] is None
         for kind in ("raw", "scaled"):
-            loc = c["localization"][kind]
-            assert loc["pointed"] == c["positives"] and 0 <= loc["hits"] <= loc["pointed"]
-            assert sum(loc["iou_cases"].values()) == c["tp"] + c["fp"] + c["fn"]
+            fig = chex[kind]["classes"][label]
+            assert fig["hit_rate"]["cases"] == c["positives"]  # every phantom positive has a mask
+            assert fig["miou_tp_only"]["cases"] <= c["positives"]
+            # Otsu never leaves a non-constant map empty: every image counts for TP, FP, FN
+            assert fig["miou_tp_fp_fn"]["cases"] == 4
 
 
 @pytest.mark.parametrize(
@@ -318,3 +331,215 @@ def test_eval_command_bad_input_is_one_line_and_exit_2(tiny_onnx: Path, tmp_path
     assert message in result.output
     assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
     assert not out.exists()
+
+
+# --- ROC curve, calibration ------------------------------------------------------------------
+
+
+def test_roc_curve_area_is_the_auroc_with_ties():
+    from cxr_edge.evaluate.metrics import roc_curve
+
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        y = rng.integers(0, 2, 50)
+        s = np.round(rng.random(50), 1)
+        fpr, tpr, thr = roc_curve(y, s)
+        assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0 and thr[0] == np.inf
+        area = float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2))
+        assert area == pytest.approx(brute_force_auroc(y, s), abs=1e-12)
+        # each point: the rates of "score >= threshold"
+        for f, t, th in zip(fpr[1:], tpr[1:], thr[1:]):
+            assert t == pytest.approx(((s >= th) & (y == 1)).sum() / (y == 1).sum())
+            assert f == pytest.approx(((s >= th) & (y == 0)).sum() / (y == 0).sum())
+
+
+def test_expected_calibration_error_by_hand():
+    from cxr_edge.evaluate.metrics import expected_calibration_error, reliability_bins
+
+    # bins of width 0.1: [0.0, 0.1): p 0.05, 0.05 (y 0, 1) -> |0.5 - 0.05| = 0.45, weight 2/5
+    # [0.9, 1.0]: p 0.95, 1.0, 0.9 (y 1, 1, 0) -> mean p 0.95, fraction 2/3 -> 0.28333, weight 3/5
+    y = np.array([0, 1, 1, 1, 0])
+    p = np.array([0.05, 0.05, 0.95, 1.0, 0.9])
+    expected = 2 / 5 * 0.45 + 3 / 5 * abs(2 / 3 - 0.95)
+    assert expected_calibration_error(y, p) == pytest.approx(expected)
+    bins = reliability_bins(y, p)
+    assert [b.count for b in bins] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 3]  # 1.0 falls in the last bin
+    assert np.isnan(bins[1].mean_probability)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+
+
+# --- dataset labels through the one table ----------------------------------------------------
+
+
+def test_dataset_labels_map_through_the_table_and_unmapped_ones_are_not_negatives():
+    from cxr_edge.evaluate.datasets import ANNOTATED_LABELS, DATASET_TO_CHEXPERT, map_findings
+
+    labels = ["Cardiomegaly", "Lung Opacity", "Pneumonia", "Support Devices"]
+    # a "COVID-19;Pneumonia" film is a Lung Opacity (and Pneumonia) positive, not a negative
+    covid = map_findings(["COVID-19", "Pneumonia"], labels)
+    assert covid.targets == {"Cardiomegaly": 0, "Lung Opacity": 1, "Pneumonia": 1}
+    # no dataset label names Support Devices: never scored (not silently negative)
+    assert "Support Devices" not in ANNOTATED_LABELS
+    assert map_findings(["normal"], labels).targets == {"Cardiomegaly": 0, "Lung Opacity": 0, "Pneumonia": 0}
+    # an unknown finding: reported, the image keeps only its known positives
+    odd = map_findings(["Effusion", "Fibrosis"], ["Pleural Effusion", "Lung Opacity"])
+    assert odd.targets == {"Pleural Effusion": 1} and odd.unmapped == ("Fibrosis",)
+    # known findings without a counterpart leave the others negative
+    assert map_findings(["Emphysema"], ["Lung Opacity"]).targets == {"Lung Opacity": 0}
+    # the CheXpert hierarchy: every parenchymal finding also makes Lung Opacity positive
+    for finding in ("Nodule", "Mass", "Pneumonia", "Consolidation", "Edema", "Atelectasis"):
+        assert "Lung Opacity" in DATASET_TO_CHEXPERT[finding]
+
+
+def test_shared_set_label_report_names_what_is_not_scored(shared_cxr: Path):
+    from cxr_edge.evaluate.datasets import open_dataset
+
+    labels = ["Cardiomegaly", "Lung Opacity", "Support Devices"]
+    d = open_dataset(labels, data=shared_cxr).description
+    assert d["labels_not_annotated"] == ["Support Devices"]
+    assert d["unmapped_findings"].get("Fibrosis", 0) >= 1
+    assert set(d["labels_scored"]) == {"Cardiomegaly", "Lung Opacity"}
+
+
+# --- maps: the public code's scaled map needs the patch logits of every copy -----------------
+
+
+def test_patch_logit_recorder_keeps_every_copy_in_shift_pairs_order():
+    from cxr_edge.evaluate.maps import PatchLogitRecorder
+    from cxr_edge.postprocess import SaliencyAccumulator
+    from cxr_edge.tile import shift_pairs
+
+    steps, size, patch, classes = 4, 128, 32, 3
+    pairs = shift_pairs(steps, patch)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((len(pairs), (size // patch) ** 2, classes))
+    recorder = PatchLogitRecorder()
+    acc = recorder(steps, size, patch, classes)
+    order = rng.permutation(len(pairs))
+    for chunk in np.array_split(order, 3):  # chunks in any order, as the pipeline may deliver
+        acc.add(pairs[chunk], logits[chunk].reshape(-1, classes))
+    assert recorder.last is acc and np.array_equal(acc.by_copy, logits)
+    reference = SaliencyAccumulator(steps, size, patch, classes)
+    reference.add(pairs, logits.reshape(-1, classes))
+    a, b = acc.finish(("a", "b", "c")), reference.finish(("a", "b", "c"))
+    assert np.array_equal(a.scaled, b.scaled) and np.array_equal(a.raw, b.raw)
+
+
+def test_map_kind_names():
+    from cxr_edge.evaluate.maps import parse_map_kinds
+
+    assert parse_map_kinds("both") == ("raw", "scaled")
+    assert parse_map_kinds("scaled-published,raw") == ("raw", "scaled-published")
+    assert parse_map_kinds("all") == ("raw", "scaled", "scaled-published")
+    with pytest.raises(CxrEdgeError, match="--map"):
+        parse_map_kinds("blurry")
+
+
+# --- all protocols from one pass, plots ------------------------------------------------------
+
+
+def test_eval_all_protocols_in_one_pass_with_tuning_and_plots(tiny_onnx: Path, tmp_path: Path):
+    """--protocol all scores every protocol from one pass; medicalpatchnet's thresholds come
+    from the --tune-on split; ECE per class equals an independent ECE of the pipeline's
+    probabilities; the plots are PNG files, one ROC and one reliability diagram per class."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cxr_edge.cli import app
+    from cxr_edge.phantoms import render_phantom
+    from cxr_edge.pipeline import CxrEdge
+
+    out = tmp_path / "eval.json"
+    plots = tmp_path / "plots"
+    args = [
+        "eval",
+        "--phantoms",
+        "4",
+        "--seed",
+        "5",
+        "--size",
+        "128",
+        "--steps",
+        "1",
+        "--model",
+        str(tiny_onnx),
+    ]
+    args += ["--protocol", "all", "--tune-on", "phantoms:2:40", "--plots", str(plots), "--json", str(out)]
+    args += ["--bootstrap", "100", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("chexlocalize", "medicalpatchnet", "cxr-edge"):
+        assert f"protocol {name}" in result.output
+    report = json.loads(out.read_text())
+    assert list(report["localization"]) == ["chexlocalize", "medicalpatchnet", "cxr-edge"]
+    assert report["tuning"]["seeds"] == [40, 41] and report["tuning"]["protocols"] == ["medicalpatchnet"]
+    assert report["bootstrap"]["replicates"] == 100 and "CheXlocalize" in report["bootstrap"]["method"]
+    mpn = report["localization"]["medicalpatchnet"]
+    assert mpn["threshold_rule"] == "tuned" and set(mpn["thresholds"]) == {"raw", "scaled"}
+    assert any("S=1" in d for d in mpn["deviations"])
+    for name, protocol in report["localization"].items():
+        assert "source" in protocol and "definition" in protocol, name
+        for kind in ("raw", "scaled"):
+            assert set(protocol["maps"][kind]["mean"]) == set(protocol["metrics"])
+
+    engine = CxrEdge.load(tiny_onnx, threads=1)
+    phantoms = [render_phantom(s, size=128) for s in range(5, 9)]
+    probs = np.array([engine.predict(p.image, steps=1).maps.probabilities for p in phantoms], np.float64)
+    for c in report["classes"]:
+        y = np.array([p.labels[c["label"]] for p in phantoms])
+        p = probs[:, engine.metadata.labels.index(c["label"])]
+        bins = np.minimum((p * 10).astype(int), 9)
+        ece = sum((bins == b).sum() / 4 * abs(y[bins == b].mean() - p[bins == b].mean()) for b in set(bins))
+        assert c["ece"] == pytest.approx(ece, abs=1e-6)
+        slug = c["label"].lower().replace(" ", "-")
+        assert (plots / f"reliability-{slug}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (plots / f"roc-{slug}.png").is_file() == (0 < c["positives"] < 4)
+    assert sorted(report["plots"]) == sorted(str(p) for p in plots.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--phantoms", "2", "--protocol", "gradcam"], "--protocol"),
+        (["--phantoms", "2", "--protocol", "medicalpatchnet"], "--tune-on"),
+        (["--phantoms", "2", "--iou-threshold", "1.5"], "--iou-threshold"),
+        (["--phantoms", "2", "--bootstrap", "5"], "--bootstrap"),
+        (["--phantoms", "2", "--tune-on", "phantoms:x"], "phantoms:N"),
+    ],
+)
+def test_eval_protocol_options_bad_input(tiny_onnx: Path, tmp_path: Path, args, message):
+    from typer.testing import CliRunner
+
+    from cxr_edge.cli import app
+
+    out = tmp_path / "never.json"
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny_onnx), "--json", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_eval_scores_the_public_codes_scaled_map_by_name(tiny_onnx: Path):
+    """``scaled-published`` is the public code's batched scaled map of the very patch logits the
+    run produced (recomputed here from a direct backend run); at S = 1 it is the scaled map."""
+    from cxr_edge.evaluate.maps import MapSource
+    from cxr_edge.phantoms import render_phantom
+    from cxr_edge.pipeline import CxrEdge
+    from cxr_edge.postprocess_published import published_scaled_map
+    from cxr_edge.tile import iter_patch_batches
+
+    edge = CxrEdge.load(tiny_onnx, threads=1)
+    md = edge.metadata
+    image = render_phantom(3, size=128).image
+    two = MapSource(edge, 2, ("scaled", "scaled-published"))(image)
+    model_input = edge.prepare(image).model_input
+    logits = np.concatenate(
+        [edge.backend.run(b.patches) for b in iter_patch_batches(model_input, 2, md.patch_size, 256)]
+    )
+    grid = md.image_size // md.patch_size
+    expected = published_scaled_map(logits.reshape(4, grid * grid, -1), 2, md.image_size, md.patch_size)
+    assert np.allclose(two.maps["scaled-published"], expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(two.maps["scaled-published"], two.maps["scaled"], rtol=1e-3)  # the batching shows
+    one = MapSource(edge, 1, ("scaled", "scaled-published"))(image)
+    assert np.allclose(one.maps["scaled-published"], one.maps["scaled"], rtol=1e-5, atol=1e-6)

@@ -91,15 +91,15 @@ def write_input(kind: str, path: Path, seed: int) -> np.ndarray:
     """Write a test image of ``kind``; return the 8-bit "L" image the reference sees."""
     import cv2
 
-    gray = xray_like(157, 203, seed)  # odd and non-square
+    gray = xray_like(283, 367, seed)  # odd and non-square, above the 256-px minimum
     if kind == "gray8":
         cv2.imwrite(str(path), gray)
         return gray
     if kind == "rgba":
         rng = np.random.default_rng(seed)
-        tint = rng.integers(-20, 21, size=(157, 203, 3))
+        tint = rng.integers(-20, 21, size=(283, 367, 3))
         rgb = np.clip(gray[:, :, None].astype(np.int64) + tint, 0, 255).astype(np.uint8)
-        alpha = rng.integers(0, 256, size=(157, 203, 1), dtype=np.uint8)  # ignored, as PIL does
+        alpha = rng.integers(0, 256, size=(283, 367, 1), dtype=np.uint8)  # ignored, as PIL does
         cv2.imwrite(str(path), np.concatenate([rgb[:, :, ::-1], alpha], axis=2))  # OpenCV: BGRA
         return pil_luma(rgb)
     if kind == "gray16":
@@ -138,7 +138,7 @@ def test_infer_reproduces_the_reference(kind: str, tiny_model: object, tiny128: 
         assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
         assert_maps_match(out / f"{image.stem}.maps.npz", reference_for(tiny_model, gray, 128, steps))
         report = json.loads((out / f"{image.stem}.json").read_text())
-        assert report["steps"] == steps and report["original_shape"] == [157, 203]
+        assert report["steps"] == steps and report["original_shape"] == [283, 367]
 
 
 def test_infer_reproduces_the_reference_in_the_512_frame(
@@ -210,8 +210,9 @@ def test_overlays_json_and_maps_files(tiny128: Path, tmp_path: Path) -> None:
     assert len(pngs) == 3 and sorted(report["overlays"]) == pngs
     for name in pngs:
         overlay = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
-        assert overlay.shape == (157, 203, 3)  # original resolution
-    assert not list(out.glob("*.part")) and not list(out.glob(".*"))
+        # The X-ray at its original resolution, framed: a legend strip below (and a banner).
+        assert overlay.shape[1] == 480 and overlay.shape[0] > 283 and overlay.shape[2] == 3
+    assert not list(out.glob("*.part")) and [p.name for p in out.glob(".*")] == [".cxr-edge.lock"]
     table = result.stdout  # type: ignore[attr-defined]
     assert "chest.png" in table and top3[0]["label"] in table
 
@@ -262,9 +263,10 @@ def test_folders_expand_and_one_bad_file_fails_alone(tiny128: Path, tmp_path: Pa
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # type: ignore[attr-defined]
     assert any("broken.png" in line for line in errors)
-    assert (out / "good.json").is_file() and (out / "deep.json").is_file()
-    second = json.loads((out / "good-2.json").read_text())  # not overwritten: a distinct name
-    assert second["image"] == str(folder / "sub" / "good.png")
+    assert (out / "deep.json").is_file() and not (out / "good.json").exists()
+    # Same name from two folders: each gets a stable hash of its path, neither is overwritten.
+    goods = sorted(json.loads(p.read_text())["image"] for p in out.glob("good-*.json"))
+    assert goods == sorted([str(folder / "good.png"), str(folder / "sub" / "good.png")])
     assert not list(out.glob("broken*")) and not list(out.glob("*.part"))
     as_json = invoke(str(folder), "--json", "--model", str(tiny128), "-o", str(out), "-s", "1")
     reports = json.loads(as_json.stdout)  # type: ignore[attr-defined]
@@ -287,7 +289,8 @@ def test_exit_codes_for_usage_errors_and_all_failed(tiny128: Path, tmp_path: Pat
     assert missing.exit_code == 2 and "nope.png" in missing.stderr  # type: ignore[attr-defined]
     no_model = invoke(str(image), "--model", str(tmp_path / "none.onnx"))
     assert no_model.exit_code == 2 and "none.onnx" in no_model.stderr  # type: ignore[attr-defined]
-    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+    # No result files; only the batch index (which lists the missing file) and the folder lock.
+    assert {p.name for p in (tmp_path / "o").iterdir()} <= {"index.csv", ".cxr-edge.lock"}
 
 
 # --- real X-rays -------------------------------------------------------------------------------
@@ -317,7 +320,7 @@ def test_real_xrays_with_overlays(shared_cxr: Path, tiny_onnx: Path, tmp_path: P
         assert len(report["findings"]) == 14 and len(report["overlays"]) == 3
         for name in report["overlays"]:
             overlay = cv2.imread(str(out / name), cv2.IMREAD_COLOR)
-            assert overlay.shape == (h, w, 3)
+            assert overlay.shape[0] > h and overlay.shape[1] == max(w, 480)  # framed, never covered
         maps = np.load(out / f"{path.stem}.maps.npz")
         assert np.isfinite(maps["scaled"]).all() and np.abs(maps["raw"]).max() > 0
     assert json.loads((out / f"{dcm.stem}.json").read_text())["original_shape"] == [1955, 1841]

@@ -16,7 +16,7 @@ from cxr_edge.metadata import ModelVariant
 from cxr_edge.model.batchnorm import calibrate_batchnorm, calibrated_random_model
 from cxr_edge.model.efficientnet import StochasticDepth, make_divisible
 from cxr_edge.model.patchnet import VARIANTS, MedicalPatchNet, variant_named
-from cxr_edge.model.sample_patches import image_like_patches, synthetic_chest
+from cxr_edge.model.sample_patches import chest_image, image_like_patches
 
 SHAPES_JSON = (
     Path(__file__).resolve().parents[1].parent
@@ -151,7 +151,7 @@ def test_forward_equals_float64_reference(which, tiny_model, small_model):
 
 
 def test_image_patch_logits_order_is_row_major(tiny_model):
-    chest = synthetic_chest(256, seed=4)
+    chest = chest_image(256, seed=4)
     images = np.stack([chest[None, :128, :192], chest[None, 100:228, 50:242]])
     got = tiny_model.image_patch_logits(torch.from_numpy(images), patch_size=64)
     assert got.shape == (2, 2 * 3, 14)

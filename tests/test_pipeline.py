@@ -11,13 +11,16 @@ import json
 import threading
 from pathlib import Path
 
+import fake_cuda
 import numpy as np
 import pytest
 from reference_math import reference_saliency
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.pipeline import CxrEdge, Prediction, check_steps
+from cxr_edge.pipeline import DEFAULT_CHUNK_PATCHES, CxrEdge
+from cxr_edge.prediction import Prediction
+from cxr_edge.tile import check_steps
 
 IMAGE_SIZE, PATCH = 128, 16
 LABELS = ("Alpha", "Beta", "Gamma", "Delta")
@@ -185,11 +188,14 @@ def test_findings_thresholds_and_reported_labels() -> None:
 def test_overlay_and_report_from_a_prediction() -> None:
     gray = xray_like(101, 143, seed=2)
     pred = CxrEdge(LinearBackend()).predict(gray, steps=2)
-    rgb = pred.overlay("Beta", map="raw", legend=False)
+    from cxr_edge.render import finding_overlay
+    from cxr_edge.report import build_report
+
+    rgb = finding_overlay(pred, "Beta", map_kind="raw", legend=False)
     assert rgb.shape == (101, 143, 3) and rgb.dtype == np.uint8
     # Outside the centre square the X-ray is untouched.
     assert np.array_equal(rgb[:, : pred.crop.left, 0], gray[:, : pred.crop.left])
-    report = json.loads(json.dumps(pred.to_report()))
+    report = json.loads(json.dumps(build_report(pred)))
     assert report["steps"] == 2 and report["map"] == "scaled" and report["backend"] == "linear-test"
     assert [f["label"] for f in report["findings"]] == list(LABELS)
     for f, finding in zip(report["findings"], pred.findings):
@@ -213,56 +219,227 @@ def test_custom_accumulator_is_used() -> None:
     assert made == [(2, IMAGE_SIZE, PATCH, len(LABELS))]
 
 
-def test_device_path_keeps_logits_off_the_host() -> None:
-    """GPU backend + GPU accumulator: the engine writes logits at the accumulator's address and
-    ``run`` / ``add`` are never called. Simulated device memory: a dict of address -> rows."""
-    from cxr_edge.postprocess import SaliencyAccumulator
+class FakeEngine(LinearBackend):
+    """A DeviceBackend over tests/fake_cuda.py's memory: its input buffer holds
+    ``chunk_patches`` patches; ``run_device_input`` writes float32 logits at ``out_ptr``."""
 
-    device: dict[int, np.ndarray] = {}
+    thread_safe = False
+
+    def __init__(self, chunk_patches: int, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self.chunk_patches = chunk_patches
+        self._input = fake_cuda.FakeBuffer(chunk_patches * PATCH * PATCH * 4)
+        self.engine_rows: list[int] = []
+
+    @property
+    def stream_handle(self) -> int:
+        return 7
+
+    def input_address(self) -> int:
+        return self._input.ptr
+
+    def run(self, patches: np.ndarray) -> np.ndarray:
+        raise AssertionError("host path used")
+
+    def run_device_input(self, rows: int, out_ptr: int) -> None:
+        assert rows <= self.chunk_patches
+        patches = fake_cuda.MEMORY.floats(self._input.ptr, (rows, 1, PATCH, PATCH))
+        logits = self.logits64(patches).astype(np.float32)
+        fake_cuda.MEMORY.floats(out_ptr, logits.shape)[...] = logits
+        self.engine_rows.append(rows)
+        fake_cuda.LOG.append(("engine", self.stream_handle, rows))
+
+    def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> None:
+        assert out_ptr is not None
+        logits = self.logits64(patches).astype(np.float32)
+        fake_cuda.MEMORY.floats(out_ptr, logits.shape)[...] = logits
+        fake_cuda.LOG.append(("engine_host_patches", self.stream_handle, len(patches)))
+
+    def synchronize(self) -> None:
+        fake_cuda.LOG.append(("sync", self.stream_handle))
+
+
+def device_edge(monkeypatch: pytest.MonkeyPatch, chunk_patches: int, **kwargs: object) -> CxrEdge:
+    """The real GpuPostprocess and CudaDeviceImage over fake CUDA, with a fake engine."""
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+    from cxr_edge.cuda.tiling import CudaDeviceImage
+
+    fake_cuda.install(monkeypatch)
+    fake_cuda.LOG.clear()
+    return CxrEdge(
+        FakeEngine(chunk_patches), accumulator=GpuPostprocess, device_image=CudaDeviceImage, **kwargs
+    )  # type: ignore[arg-type]
+
+
+def image_ops(log: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The log entries that order one image's work (allocation-time events left out)."""
+    keep = ("upload_pinned", "tile", "engine", "record", "wait", "postprocess", "download_pinned", "sync")
+    return [entry for entry in log if entry[0] in keep]
+
+
+def test_device_path_tiles_on_the_gpu_in_chunks_of_the_backends_batch(monkeypatch) -> None:
+    """Upload once, then per chunk the tile kernel and the engine on the engine's stream (7),
+    chunks of the backend's 3 shifts; an event recorded on 7 after the last chunk is waited for
+    by the postprocess stream before it runs; one host sync for the image. Maps = reference."""
     per_shift = (IMAGE_SIZE // PATCH) ** 2
-    events: list[str] = []
-
-    class DeviceLinearBackend(LinearBackend):
-        def run(self, patches: np.ndarray) -> np.ndarray:
-            raise AssertionError("host path used")
-
-        def run_device(self, patches: np.ndarray, out_ptr: int | None = None) -> None:
-            assert out_ptr is not None
-            device[out_ptr] = self.logits64(patches).astype(np.float32)
-            events.append("engine")
-
-        def synchronize(self) -> None:
-            events.append("sync")
-
-    class DeviceAccumulator(SaliencyAccumulator):
-        def logits_address(self, first_shift: int = 0) -> int:
-            return 0x1000 + first_shift
-
-        def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
-            raise AssertionError("host upload used")
-
-        def mark_written(self, first_shift: int, count: int) -> None:
-            rows = device.pop(self.logits_address(first_shift))
-            assert rows.shape[0] == count * per_shift
-            pairs = self.pairs[first_shift : first_shift + count]
-            SaliencyAccumulator.add(self, pairs, rows)
-
-        def finish(self, labels: tuple[str, ...]):  # type: ignore[no-untyped-def]
-            events.append("postprocess")
-            return SaliencyAccumulator.finish(self, labels)
-
-    def factory(steps: int, image_size: int, patch_size: int, num_classes: int) -> DeviceAccumulator:
-        acc = DeviceAccumulator(steps, image_size, patch_size, num_classes)
-        from cxr_edge.tile import shift_pairs
-
-        acc.pairs = shift_pairs(steps, patch_size)  # type: ignore[attr-defined]
-        return acc
-
-    backend = DeviceLinearBackend()
+    edge = device_edge(monkeypatch, chunk_patches=3 * per_shift + 10)  # rounded down to 3 shifts
     gray = xray_like(140, 150, seed=4)
-    pred = CxrEdge(backend, accumulator=factory, max_patches=3 * per_shift).predict(gray, steps=4)
+    pred = edge.predict(gray, steps=4)
+    assert_matches_reference(
+        pred, reference_saliency(torch_preprocess(gray), edge.backend.logits64, 4, PATCH)
+    )
+    ops = image_ops(fake_cuda.LOG)
+    post = ops[-1][1]  # the postprocess's own stream: its sync ends the image
+    assert post != 7
+    assert ops[0][:2] == ("upload_pinned", 7)
+    assert ops[1][:2] == ("record", 7)  # the staging copy's own event: the next upload waits on it
+    chunks = ops[2:14]
+    assert [op[0] for op in chunks] == ["tile", "engine"] * 6
+    assert [op[2:] for op in chunks[0::2]] == [(0, 3), (3, 3), (6, 3), (9, 3), (12, 3), (15, 1)]
+    assert edge.backend.engine_rows == [3 * per_shift] * 5 + [per_shift]
+    assert all(op[1] == 7 for op in chunks)
+    record, wait = ops[14], ops[15]
+    assert record[:2] == ("record", 7) and wait[:2] == ("wait", post) and record[2] == wait[2]
+    assert ops[16:] == [("postprocess", post), ("download_pinned", post, ops[17][2]), ("sync", post)]
+    assert sum(op[0] == "sync" for op in ops) == 1
+
+
+def test_one_postprocess_per_steps_lives_as_long_as_the_model(monkeypatch) -> None:
+    """Images after the first reuse the S's GpuPostprocess (no new device buffers, reset per
+    image); another S gets its own; ``close`` frees both, and results stay right."""
+    from cxr_edge.cuda import postprocess as post_module
+
+    made: list[object] = []
+    original = post_module.GpuPostprocess
+
+    def factory(*args: int) -> object:
+        made.append(original(*args))
+        return made[-1]
+
+    edge = device_edge(monkeypatch, chunk_patches=256)
+    edge._accumulator = factory  # type: ignore[assignment]
+    images = [xray_like(128 + 9 * i, 140, seed=10 + i) for i in range(3)]
+    for steps in (4, 4, 2, 4):
+        gray = images[len(made) % 3]
+        pred = edge.predict(gray, steps=steps)
+        want = reference_saliency(torch_preprocess(gray), edge.backend.logits64, steps, PATCH)
+        assert_matches_reference(pred, want)
+    assert [m.steps for m in made] == [4, 2]  # type: ignore[attr-defined]
+    assert all(m._buffers for m in made)  # type: ignore[attr-defined]
+    with edge:
+        pass  # the context manager closes
+    assert not any(m._buffers for m in made)  # type: ignore[attr-defined]
+    assert all(("stream_close", m.stream.handle) in fake_cuda.LOG for m in made)  # type: ignore[attr-defined]
+
+
+def test_concurrent_predicts_never_share_a_postprocess(monkeypatch) -> None:
+    """Two threads at the same S: both are inside ``finish`` at once (a barrier), so each must
+    hold its own GpuPostprocess; the pool made exactly two and both results are right."""
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+
+    barrier = threading.Barrier(2, timeout=20)
+    in_use: set[int] = set()
+    original_finish = GpuPostprocess.finish
+
+    def finish(self, labels):  # type: ignore[no-untyped-def]
+        assert id(self) not in in_use, "one postprocess serves two images at once"
+        in_use.add(id(self))
+        barrier.wait()
+        try:
+            return original_finish(self, labels)
+        finally:
+            in_use.discard(id(self))
+
+    monkeypatch.setattr(GpuPostprocess, "finish", finish)
+    edge = device_edge(monkeypatch, chunk_patches=256)
+    images = [xray_like(130, 150, seed=21), xray_like(150, 130, seed=22)]
+    results: dict[int, Prediction] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = edge.predict(images[i], steps=2)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert edge._accumulators.made == 2 and edge._accumulators.idle(2) == 2
+    for i, gray in enumerate(images):
+        want = reference_saliency(torch_preprocess(gray), edge.backend.logits64, 2, PATCH)
+        assert_matches_reference(results[i], want)
+    edge.close()
+
+
+def test_a_failed_image_never_hands_its_postprocess_on(monkeypatch) -> None:
+    edge = device_edge(monkeypatch, chunk_patches=256)
+    gray = xray_like(128, 128, seed=3)
+    edge.predict(gray, steps=2)
+    assert edge._accumulators.idle(2) == 1
+    backend = edge.backend
+
+    def broken(rows: int, out_ptr: int) -> None:
+        raise CxrEdgeError(None, "engine failed")
+
+    backend.run_device_input = broken  # type: ignore[method-assign]
+    with pytest.raises(CxrEdgeError, match="engine failed"):
+        edge.predict(gray, steps=2)
+    assert edge._accumulators.idle(2) == 0  # discarded (closed), not pooled
+    del backend.run_device_input  # the class's method again
+    edge.predict(gray, steps=2)
+    assert edge._accumulators.made == 2
+
+
+def test_classes_beyond_shared_memory_are_refused_when_the_postprocess_is_made(monkeypatch) -> None:
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+
+    fake_cuda.install(monkeypatch, fake_cuda.FakeKernels(shared_limit=4 * 4 * 9 * 4 - 1))
+    with pytest.raises(CxrEdgeError, match=r"4 classes at S=4 need 576 bytes .*allows 575 "):
+        GpuPostprocess(4, IMAGE_SIZE, PATCH, 4)
+
+
+def test_device_backend_without_a_device_image_writes_logits_into_the_postprocess(monkeypatch) -> None:
+    """Host tiling (no tile kernel here), but the engine writes the logits at the postprocess's
+    address from host patches and the postprocess waits for the engine's stream by an event."""
+    from cxr_edge.cuda.postprocess import GpuPostprocess
+
+    fake_cuda.install(monkeypatch)
+    fake_cuda.LOG.clear()
+    per_shift = (IMAGE_SIZE // PATCH) ** 2
+    backend = FakeEngine(3 * per_shift)
+    edge = CxrEdge(backend, accumulator=GpuPostprocess, tile_on_device=False)  # type: ignore[arg-type]
+    gray = xray_like(140, 150, seed=4)
+    pred = edge.predict(gray, steps=4)
     assert_matches_reference(pred, reference_saliency(torch_preprocess(gray), backend.logits64, 4, PATCH))
-    assert events.count("engine") == 6 and events[-2:] == ["sync", "postprocess"] and not device
+    ops = [op for op in fake_cuda.LOG if op[0] in ("engine_host_patches", "record", "wait", "sync")]
+    assert [op[2] for op in ops[:6]] == [3 * per_shift] * 5 + [per_shift]
+    assert [op[0] for op in ops[6:]] == ["record", "wait", "sync"] and ops[6][1] == 7 and ops[7][1] != 7
+
+
+def test_chunk_size_comes_from_the_backend() -> None:
+    class Chunked(LinearBackend):
+        chunk_patches = 2 * 64 + 5  # whole shifted copies: 2
+
+    backend = Chunked()
+    CxrEdge(backend).predict(xray_like(128, 128, seed=1), steps=4)
+    assert backend.batch_sizes == [128] * 8
+    plain = LinearBackend()  # declares nothing: the pipeline's default
+    CxrEdge(plain).predict(xray_like(128, 128, seed=1), steps=4)
+    assert plain.batch_sizes == [DEFAULT_CHUNK_PATCHES] * 4
+    explicit = Chunked()  # an explicit max_patches still wins
+    CxrEdge(explicit, max_patches=64).predict(xray_like(128, 128, seed=1), steps=2)
+    assert explicit.batch_sizes == [64] * 4
+
+
+def test_onnxruntime_backend_keeps_its_cpu_chunk() -> None:
+    """ORT declares the 256-patch chunk the pipeline always used on the CPU, so host-path
+    results are what they were (same batches, same arithmetic)."""
+    edge = CxrEdge.load()
+    assert edge.backend.chunk_patches == DEFAULT_CHUNK_PATCHES == edge.max_patches == 256
 
 
 @pytest.mark.parametrize("bad", [0, 3, 128, -2, 2.0, True])

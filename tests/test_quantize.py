@@ -16,9 +16,10 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from cxr_edge.calibration import SamplingSettings, load_calibration_set
+from cxr_edge.evaluate.metrics import auroc
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.quantize.fp16 import convert_fp16
-from cxr_edge.quantize.gate import GateImage, auroc, pearson_r, run_gate
+from cxr_edge.quantize.gate import GateImage, pearson_r, run_gate
 from cxr_edge.quantize.int8 import Int8Options, find_float_groups, name_nodes, quantize_int8
 
 
@@ -149,15 +150,14 @@ def test_auroc_and_pearson_match_independent_math() -> None:
     tpr = [0.0] + [float((scores[labels] >= t).mean()) for t in thresholds]
     fpr = [0.0] + [float((scores[~labels] >= t).mean()) for t in thresholds]
     expected = sum((fpr[i + 1] - fpr[i]) * (tpr[i + 1] + tpr[i]) / 2 for i in range(len(tpr) - 1))
-    assert auroc(scores, labels) == pytest.approx(expected, abs=1e-12)
-    assert np.isnan(auroc(scores, np.zeros(40, bool)))
+    assert auroc(labels, scores) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(auroc(np.zeros(40, bool), scores))
     a, b = rng.normal(size=100), rng.normal(size=100)
     assert pearson_r(a, a * 3 + b) == pytest.approx(np.corrcoef(a, a * 3 + b)[0, 1], abs=1e-12)
 
 
 def _gate_images(count: int) -> list[GateImage]:
     from cxr_edge.phantoms import render_phantom
-    from cxr_edge.preprocess import preprocess
 
     images = []
     for i in range(count):
@@ -165,7 +165,7 @@ def _gate_images(count: int) -> list[GateImage]:
         labels = np.full(14, -1.0, np.float32)
         labels[2] = phantom.labels["Cardiomegaly"]
         labels[10] = i % 2  # both outcomes present for a second class
-        images.append(GateImage(f"p{i}", preprocess(phantom.image, 512).image, labels, i < 2))
+        images.append(GateImage(f"p{i}", phantom.image, labels, i < 2))
     return images
 
 

@@ -15,7 +15,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "api_example.py"
 def check_example_results(namespace: dict, capsys: pytest.CaptureFixture[str]) -> None:
     pred = namespace["pred"]
     h, w = pred.gray.shape
-    assert namespace["rgb"].shape == (h, w, 3) and namespace["rgb"].dtype == np.uint8
+    rgb = namespace["rgb"]  # framed: banner strip above, legend strip below, never over the image
+    assert rgb.shape[0] > h and rgb.shape[1] == max(w, 480) and rgb.shape[2] == 3 and rgb.dtype == np.uint8
     size = pred.metadata.image_size
     assert namespace["heat"].shape == (size, size) and namespace["heat"].dtype == np.float32
     report = json.loads(json.dumps(namespace["report"]))
@@ -43,7 +44,9 @@ def test_example_runs_with_any_model(
 
     image = tmp_path / "chest.png"
     rng = np.random.default_rng(0)
-    cv2.imwrite(str(image), rng.integers(0, 256, size=(180, 150), dtype=np.uint8))
+    y, x = np.mgrid[0:300, 0:260] / 300.0  # smooth, radiograph-like: passes the input checks
+    made_up = 140 + 70 * np.sin(8 * x) * np.cos(5 * y) + rng.normal(0, 8, size=(300, 260))
+    cv2.imwrite(str(image), np.clip(made_up, 0, 255).astype(np.uint8))
     monkeypatch.setattr(cxr_edge.assets, "default_model_path", lambda: tiny_onnx)
     monkeypatch.setattr(cxr_edge.assets, "sample_image_path", lambda: image)
     check_example_results(runpy.run_path(str(EXAMPLE)), capsys)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_edge.preprocess import CropBox
-from cxr_edge.render import DIVERGING_LUT, draw_legend, encode_png, overlay
+from cxr_edge.render import DIVERGING_LUT, encode_png, overlay
 
 
 def reference_overlay(
@@ -82,25 +82,6 @@ def test_zero_map_leaves_the_image_untouched() -> None:
     crop = CropBox(0, 0, 24)
     rgb = overlay(gray, np.zeros((8, 8), np.float32), crop, vmax=0.0)
     assert np.array_equal(rgb, np.repeat(gray[:, :, None], 3, axis=2))
-
-
-@pytest.mark.parametrize(("h", "w"), [(120, 160), (300, 200), (1100, 1024)])
-def test_legend_stays_in_the_top_right_corner(h: int, w: int) -> None:
-    rgb = np.full((h, w, 3), 100, dtype=np.uint8)
-    out = draw_legend(rgb.copy(), "Pleural Effusion", 0.73, 2.5, map_name="scaled")
-    changed = np.argwhere(np.any(out != rgb, axis=2))
-    assert len(changed) > 0 and out.shape == rgb.shape and out.dtype == np.uint8
-    assert changed[:, 0].max() < h * 0.7  # top part of the image
-    assert changed[:, 1].min() > w * 0.2  # right part
-    # The colour bar is drawn with the LUT: both ends of the scale appear.
-    colours = {tuple(c) for c in out.reshape(-1, 3)}
-    assert tuple(DIVERGING_LUT[0]) in colours and tuple(DIVERGING_LUT[255]) in colours
-
-
-def test_legend_on_a_tiny_image_is_skipped_not_broken() -> None:
-    rgb = np.full((20, 24, 3), 7, dtype=np.uint8)
-    out = draw_legend(rgb.copy(), "Fracture", 0.5, 1.0)
-    assert np.array_equal(out, rgb)
 
 
 def test_encode_png_round_trips() -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import fake_cuda
 import numpy as np
 import pytest
 
@@ -121,69 +122,29 @@ def test_backend_without_tensorrt_is_a_one_line_error(tmp_path: Path) -> None:
 # --- the run path over a fake TensorRT + CUDA --------------------------------------------------
 
 
-class FakeMemory:
-    """Device memory as numpy byte arrays at fake addresses."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, np.ndarray] = {}
-        self.next = 1 << 20
-
-    def alloc(self, nbytes: int) -> int:
-        ptr = self.next
-        self.blocks[ptr] = np.zeros(nbytes, np.uint8)
-        self.next += nbytes + 4096
-        return ptr
-
-    def view(self, ptr: int, nbytes: int) -> np.ndarray:
-        for base, block in self.blocks.items():
-            if base <= ptr and ptr + nbytes <= base + block.size:
-                return block[ptr - base : ptr - base + nbytes]
-        raise AssertionError(f"access outside any allocation: {ptr:#x} + {nbytes}")
+MEMORY = fake_cuda.MEMORY
+FakeBuffer = fake_cuda.FakeBuffer
 
 
-MEMORY = FakeMemory()
+class FakeStream(fake_cuda.FakeStream):
+    """The backend's own stream is 77."""
 
-
-class FakeBuffer:
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
-        self.ptr = MEMORY.alloc(nbytes)
-
-    def upload(self, host: np.ndarray, stream: object) -> None:
-        MEMORY.view(self.ptr, host.nbytes)[:] = np.ascontiguousarray(host).view(np.uint8).ravel()
-
-    def download(self, host: np.ndarray, stream: object) -> None:
-        assert host.flags.c_contiguous
-        host.view(np.uint8).reshape(-1)[:] = MEMORY.view(self.ptr, host.nbytes)
-
-    def zero(self, stream: object) -> None:
-        MEMORY.view(self.ptr, self.nbytes)[:] = 0
-
-    def free(self) -> None:
-        self.ptr = 0
-
-
-class FakeStream:
     def __init__(self, external: object = None) -> None:
-        self.handle = 77 if external is None else stream_handle(external)
-
-    def synchronize(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        super().__init__(77 if external is None else external)
 
 
 WEIGHTS = np.linspace(-1.0, 1.0, 14 * 64 * 64).reshape(14, 64 * 64).astype(np.float32)
 
 
 class FakeContext:
-    """'Engine': logits = patches (flattened) @ WEIGHTS.T; records every call."""
+    """'Engine': logits = patches (flattened) @ WEIGHTS.T; records every call and every address
+    it was given, and refuses (like TensorRT) an address that is not 256-byte aligned."""
 
     def __init__(self, profile: BatchProfile) -> None:
         self.profile = profile
         self.shape: tuple[int, ...] | None = None
         self.addresses: dict[str, int] = {}
+        self.bound: list[tuple[str, int]] = []
         self.calls: list[int] = []
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
@@ -193,6 +154,9 @@ class FakeContext:
         return True
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.bound.append((name, ptr))
+        if ptr % 256:
+            return False
         self.addresses[name] = ptr
         return True
 
@@ -245,13 +209,12 @@ def _install_fakes(
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: fake_trt)
     monkeypatch.setattr(trt_backend, "make_logger", lambda: object())
     monkeypatch.setattr(trt_backend, "DeviceBuffer", FakeBuffer)
+    monkeypatch.setattr(trt_backend, "PinnedBuffer", fake_cuda.FakePinned)
+    monkeypatch.setattr(trt_backend, "Event", fake_cuda.FakeEvent)
     monkeypatch.setattr(trt_backend, "Stream", FakeStream)
     monkeypatch.setattr(trt_backend, "set_device", lambda index: None)
-    monkeypatch.setattr(
-        trt_backend,
-        "copy_device",
-        lambda src, dst, n, stream: MEMORY.view(dst, n).__setitem__(slice(None), MEMORY.view(src, n)),
-    )
+    monkeypatch.setattr(trt_backend, "copy_device", fake_cuda.copy_device)
+    fake_cuda.LOG.clear()
     monkeypatch.setattr(trt_backend, "device_info", lambda index: GpuInfo(0, "Orin", "8.7", 1 << 34))
 
     plan = tmp_path / "fake.plan"
@@ -308,6 +271,101 @@ def test_run_device_keeps_all_logits_on_device(monkeypatch, tmp_path) -> None:
     assert placed.ptr == caller.ptr + 10 * 14 * 4
     written = MEMORY.view(caller.ptr, caller.nbytes).view(np.float32).reshape(310, 14)
     assert np.array_equal(written[10:], host) and not written[:10].any()
+
+
+@pytest.mark.parametrize(
+    "profile, chunk",
+    [(BatchProfile(1, 128, 128), 128), (BatchProfile(1, 64, 128), 64), (BatchProfile(128, 128, 128), 128)],
+)
+def test_chunk_size_is_the_profiles_batch(monkeypatch, tmp_path, profile: BatchProfile, chunk: int) -> None:
+    from cxr_edge.backends.base import DeviceBackend
+
+    plan, _ = _install_fakes(monkeypatch, tmp_path, profile)
+    backend = trt_backend.TensorRtBackend(plan)
+    assert isinstance(backend, DeviceBackend)
+    assert backend.chunk_patches == chunk and backend.stream_handle == 77
+    assert backend.input_address() % 256 == 0
+
+
+@pytest.mark.parametrize("offset", [560, 56, 4, 0, 256 * 7])
+def test_every_tensor_address_is_256_byte_aligned(monkeypatch, tmp_path, offset: int) -> None:
+    """A caller's logits address at any 4-byte offset (560 = 10 rows of 14 classes): TensorRT
+    only ever sees aligned addresses; a misaligned target gets the chunk through the aligned
+    scratch buffer and a device-to-device copy, an aligned one is written directly."""
+    plan, contexts = _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    backend = trt_backend.TensorRtBackend(plan)
+    patches = _patches(300)
+    want = backend.run(patches)
+    fake_cuda.LOG.clear()
+    caller = FakeBuffer(offset + 300 * 14 * 4 + 1024)
+    MEMORY.view(caller.ptr, caller.nbytes)[:] = 0xAB  # guard: nothing outside the rows changes
+    backend.run_device(patches, out_ptr=caller.ptr + offset)
+    written = MEMORY.view(caller.ptr + offset, 300 * 14 * 4).view(np.float32).reshape(300, 14)
+    assert np.array_equal(written, want)
+    assert np.all(MEMORY.view(caller.ptr, offset) == 0xAB)
+    assert np.all(MEMORY.view(caller.ptr + offset + 300 * 14 * 4, 1024) == 0xAB)
+    assert contexts[0].bound and all(ptr % 256 == 0 for _, ptr in contexts[0].bound)
+    copies = [op for op in fake_cuda.LOG if op[0] == "copy_d2d"]
+    targets = [caller.ptr + offset + start * 14 * 4 for start in (0, 128, 256)]
+    expected = [t for t in targets if t % 256]
+    assert [op[2] for op in copies] == expected  # exactly the misaligned chunks were copied
+    assert all(op[1] == 77 for op in copies)
+
+
+def test_run_device_input_runs_on_the_patches_in_the_input_buffer(monkeypatch, tmp_path) -> None:
+    """The device path: patches already at input_address() (the tile kernel put them there)."""
+    plan, contexts = _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    backend = trt_backend.TensorRtBackend(plan)
+    patches = _patches(100)
+    MEMORY.floats(backend.input_address(), patches.shape)[...] = patches
+    out = FakeBuffer(100 * 14 * 4)
+    fake_cuda.LOG.clear()
+    backend.run_device_input(100, out.ptr)
+    expected = patches.reshape(100, -1).astype(np.float64) @ WEIGHTS.T.astype(np.float64)
+    np.testing.assert_allclose(MEMORY.floats(out.ptr, (100, 14)), expected, rtol=1e-4, atol=1e-3)
+    assert contexts[0].calls == [100] and contexts[0].addresses["logits"] == out.ptr  # direct
+    assert not [op for op in fake_cuda.LOG if op[0].startswith("upload")]  # no host copy at all
+    with pytest.raises(CxrEdgeError, match=r"129 patches per engine call; this plan takes 1\.\.128"):
+        backend.run_device_input(129, out.ptr)
+
+
+def test_fixed_batch_pads_with_zeros_and_never_writes_past_the_rows(monkeypatch, tmp_path) -> None:
+    plan, contexts = _install_fakes(monkeypatch, tmp_path, BatchProfile(128, 128, 128))
+    backend = trt_backend.TensorRtBackend(plan)
+    MEMORY.floats(backend.input_address(), (128, 1, 64, 64))[...] = 5.0  # stale patches
+    patches = _patches(40)
+    MEMORY.floats(backend.input_address(), patches.shape)[...] = patches
+    out = FakeBuffer(40 * 14 * 4 + 512)
+    MEMORY.view(out.ptr, out.nbytes)[:] = 0xAB
+    backend.run_device_input(40, out.ptr)
+    assert contexts[0].calls == [128]
+    assert not MEMORY.floats(backend.input_address() + 40 * 64 * 64 * 4, (88, 64 * 64)).any()
+    expected = patches.reshape(40, -1).astype(np.float64) @ WEIGHTS.T.astype(np.float64)
+    np.testing.assert_allclose(MEMORY.floats(out.ptr, (40, 14)), expected, rtol=1e-4, atol=1e-3)
+    assert np.all(MEMORY.view(out.ptr + 40 * 14 * 4, 512) == 0xAB)
+
+
+def test_host_patches_reach_the_device_from_pinned_memory(monkeypatch, tmp_path) -> None:
+    """Two pinned staging buffers alternate; before one is refilled, the event of its last copy
+    is waited for (chunk 3 waits for chunk 1's copy). No pageable upload of patches."""
+    plan, _ = _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    backend = trt_backend.TensorRtBackend(plan)
+    backend.run(_patches(300))
+    ops = [
+        op for op in fake_cuda.LOG if op[0] in ("upload_pinned", "upload_pageable", "record", "event_sync")
+    ]
+    assert [op[0] for op in ops] == ["upload_pinned", "record"] * 2 + [
+        "event_sync",
+        "upload_pinned",
+        "record",
+    ]
+    first_event = ops[1][2]
+    assert ops[4] == ("event_sync", first_event)
+    assert [op[3] for op in ops if op[0] == "upload_pinned"] == [128 * 64 * 64 * 4] * 2 + [44 * 64 * 64 * 4]
+    staging = list(backend._staging)
+    assert len(staging) == 2
+    backend.close()
+    assert all(pinned.freed for pinned, _ in staging) and backend._staging == []
 
 
 def test_run_rejects_wrong_patch_shape(monkeypatch, tmp_path) -> None:
@@ -522,7 +580,7 @@ def test_dla_without_dla_support_is_one_line(monkeypatch, tmp_path) -> None:
 
 
 @pytest.mark.gpu
-def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
+def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, request) -> None:
     from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine, import_tensorrt
     from cxr_edge.gpu import device_info
 
@@ -531,6 +589,7 @@ def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, tiny_onnx) -> None:
         device_info(0)
     except CxrEdgeError as exc:
         pytest.skip(str(exc))
+    tiny_onnx = request.getfixturevalue("tiny_onnx")  # only once TensorRT is known to be here
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
     from cxr_edge.engine.plan_check import plan_vs_onnx
 

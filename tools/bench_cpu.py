@@ -64,7 +64,7 @@ def peak_rss_mb() -> float:
 def product_worker(model: Path, image: Path, steps: int, runs: int, threads: int | None) -> dict[str, Any]:
     """cxr-edge on ONNX Runtime: per-stage medians (ms) over ``runs`` calls after one warm-up."""
     from cxr_edge.pipeline import CxrEdge
-    from cxr_edge.render import encode_png
+    from cxr_edge.render import encode_png, finding_overlay
 
     edge = CxrEdge.load(model, threads=threads)
     edge.predict(image, steps=1)  # warm-up: session arenas, page-ins
@@ -74,7 +74,7 @@ def product_worker(model: Path, image: Path, steps: int, runs: int, threads: int
         t0 = time.perf_counter()
         ranked = sorted(pred.findings, key=lambda f: -f.probability)[:RENDERED_FINDINGS]
         for f in ranked:
-            encode_png(pred.overlay(f.label))
+            encode_png(finding_overlay(pred, f.label))
         render_ms = (time.perf_counter() - t0) * 1e3
         for stage, ms in pred.timings_ms.items():
             samples[stage].append(ms)
@@ -257,12 +257,12 @@ def prepare_image(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
         return ASSETS_DIR / SAMPLE_IMAGE_NAME, "bundled sample_chest.png"
     import cv2
 
-    from cxr_edge.model.sample_patches import synthetic_chest
+    from cxr_edge.model.sample_patches import chest_image
 
-    path = workdir / "synthetic_chest_1024.png"
+    path = workdir / "phantom_chest_1024.png"
     if not path.is_file():
-        cv2.imwrite(str(path), np.rint(synthetic_chest(1024, seed=1) * 255).astype(np.uint8))
-    return path, "synthetic chest 1024x1024 PNG"
+        cv2.imwrite(str(path), np.rint(chest_image(1024, seed=1) * 255).astype(np.uint8))
+    return path, "chest phantom 1024x1024 PNG"
 
 
 # --- report ------------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cxr_edge.evaluate import auroc, youden_threshold
+    from cxr_edge.evaluate.metrics import auroc, youden_threshold
     from cxr_edge.metadata import ModelMetadata
     from cxr_edge.model.checkpoint import save_checkpoint
     from cxr_edge.model.patchnet import MedicalPatchNet, variant_named

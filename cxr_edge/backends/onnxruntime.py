@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_edge.backends.base import DEFAULT_CHUNK_PATCHES
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 
@@ -23,6 +24,16 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class OnnxRuntimeBackend:
     """Runs the patch model with ONNX Runtime's CPU execution provider.
 
@@ -30,6 +41,8 @@ class OnnxRuntimeBackend:
     threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
     max_batch: most patches per ``session.run``; larger inputs are chunked (bounds activation
     memory). A model exported with a fixed batch size runs in chunks of exactly that size.
+    chunk_patches: what the pipeline should send per ``run`` (``ChunkedBackend``): 256 patches
+    (16 MiB of input), the CPU chunk the pipeline has always used, or the fixed batch.
     """
 
     name = "onnxruntime-cpu"
@@ -46,8 +59,11 @@ class OnnxRuntimeBackend:
             raise CxrEdgeError(self.model_path, "no such model file")
         if max_batch < 1:
             raise CxrEdgeError(self.model_path, f"max_batch must be >= 1, got {max_batch}")
-        if threads is not None and threads < 1:
-            raise CxrEdgeError(self.model_path, f"threads must be >= 1, got {threads}")
+        if threads is not None and not 1 <= threads <= available_cores():
+            raise CxrEdgeError(
+                None,
+                f"--threads must be 1..{available_cores()} (the CPU cores this process may use), got {threads}",
+            )
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0 = ONNX Runtime decides
@@ -87,6 +103,7 @@ class OnnxRuntimeBackend:
         # A fixed batch dimension (an export without dynamic axes) dictates the chunk size.
         self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
         self.max_batch = self.fixed_batch or max_batch
+        self.chunk_patches = self.fixed_batch or min(self.max_batch, DEFAULT_CHUNK_PATCHES)
 
     def run(self, patches: np.ndarray) -> np.ndarray:
         """``(N, 1, P, P) float32`` patches in [0, 1] -> ``(N, C) float32`` logits."""

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
-from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES
+from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES
 
 
 def build_engine_command(
@@ -24,7 +24,7 @@ def build_engine_command(
     calib: Annotated[Path | None, typer.Option(help="Calibration set for int8 from a float32 ONNX.")] = None,
     max_patches: Annotated[
         int, typer.Option(help="Largest patch batch per engine call (profile max; DLA: fixed <= 4096).")
-    ] = DEFAULT_MAX_PATCHES,
+    ] = DEFAULT_PROFILE_MAX_PATCHES,
     workspace: Annotated[int, typer.Option(min=16, help="Builder workspace limit in MiB.")] = 4096,
     dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (Jetson).")] = None,
     out: Annotated[

@@ -1,9 +1,10 @@
-"""Shared CLI plumbing: one-line errors and exit codes."""
+"""Shared CLI plumbing: one-line errors, names safe to print, exit codes."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import unicodedata
 from collections.abc import Iterator
 
 import typer
@@ -16,8 +17,27 @@ EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control and format characters (escape codes, newlines,
+    bidi overrides) and undecodable bytes are shown escaped (``\\x1b``, ``\\u202e``), not sent."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs"):
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def print_error(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """``error: <message>`` on stderr, on one line, control characters escaped."""
+    typer.echo(f"error: {printable(message)}", err=True)
+
+
+def print_warning(message: str) -> None:
+    """``warning: <message>`` on stderr, on one line, control characters escaped."""
+    typer.echo(f"warning: {printable(message)}", err=True)
 
 
 @contextlib.contextmanager

@@ -1,109 +1,63 @@
-"""``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps. A thin layer
-over ``cxr_edge.pipeline.CxrEdge``; every file is written atomically."""
+"""``cxr-edge infer``: classify X-rays, write JSON reports, overlays and maps.
+
+Option parsing, one library call for the batch (``cxr_edge.batch.run_batch``, which owns the
+output folder, the per-image result sets and the index) and printing.
+"""
 
 from __future__ import annotations
 
-import io
-import re
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cxr_edge.commands.common import EXIT_BAD_INPUT, EXIT_PARTIAL, one_line_errors, print_error
+from cxr_edge.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_PARTIAL,
+    one_line_errors,
+    print_error,
+    print_warning,
+    printable,
+)
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
-    from cxr_edge.pipeline import CxrEdge, Prediction
-
-#: File suffixes a folder argument expands to (DICOM files without a suffix are skipped).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
-
-
-def label_slug(label: str) -> str:
-    """File-name-safe form of a label: "Pleural Effusion" -> "pleural-effusion"."""
-    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "finding"
+    from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.prediction import Prediction
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to their image files.
-
-    Missing paths and folders without images are kept as-is, so they fail as one bad input.
-    """
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
-            files.extend(found or [item])
-        else:
-            files.append(item)
-    return files
-
-
-def output_stems(files: list[Path]) -> list[str]:
-    """Output name stem per input: the file's stem, made unique within one call (``chest``,
-    ``chest-2``, ...) so same-named files from different folders do not overwrite each other."""
-    seen: dict[str, int] = {}
-    stems = []
-    for path in files:
-        count = seen.get(path.stem, 0) + 1
-        seen[path.stem] = count
-        stems.append(path.stem if count == 1 else f"{path.stem}-{count}")
-    return stems
-
-
-def parse_findings(text: str | None, labels: tuple[str, ...]) -> list[str] | None:
+def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...] | None:
     """``"cardiomegaly,Edema"`` -> the model's exact labels; CxrEdgeError for unknown names."""
     if text is None:
         return None
-    by_fold = {label.casefold(): label for label in labels}
-    chosen = []
-    for name in (s.strip() for s in text.split(",")):
-        if not name:
-            continue
-        if name.casefold() not in by_fold:
-            raise CxrEdgeError(
-                None, f"--findings: unknown finding {name!r}; the model has: {', '.join(labels)}"
-            )
-        chosen.append(by_fold[name.casefold()])
+    try:
+        chosen = tuple(metadata.labels[metadata.label_index(n.strip())] for n in text.split(",") if n.strip())
+    except CxrEdgeError as exc:
+        raise CxrEdgeError(None, f"--findings: {exc.problem}") from None
     if not chosen:
         raise CxrEdgeError(None, "--findings: give at least one finding name")
     return chosen
 
 
-def maps_npz_bytes(prediction: Prediction) -> bytes:
-    """``logits`` (C,), ``probabilities`` (C,), ``raw`` / ``scaled`` (C, N, N) float32 in logit
-    units (model frame), ``labels`` (C,) str, ``steps``."""
-    import numpy as np
-
-    m = prediction.maps
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        logits=np.asarray(m.logits, dtype=np.float32),
-        probabilities=np.asarray(m.probabilities, dtype=np.float32),
-        raw=np.asarray(m.raw, dtype=np.float32),
-        scaled=np.asarray(m.scaled, dtype=np.float32),
-        labels=np.array(prediction.labels),
-        steps=np.int64(prediction.steps),
-    )
-    return buf.getvalue()
-
-
-def findings_table(prediction: Prediction, shown: list[str]) -> Any:
-    """A rich table of all findings; rows with an overlay are marked."""
+def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
+    """A rich table of all findings; rows with an overlay are marked. The title names the image
+    and the model (file, variant, short sha256); the caption carries the NOT FOR CLINICAL USE
+    banner when the model's intended use is not clinical, as the overlays do."""
     from rich.markup import escape
     from rich.table import Table
 
-    title = escape(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
-    table = Table(title=title, title_justify="left")
+    from cxr_edge.render import clinical_use_banner, model_identity
+
+    head = printable(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
+    title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
+    banner = clinical_use_banner(prediction)
+    caption = escape(banner) if banner else None
+    table = Table(
+        title=title, title_justify="left", caption=caption, caption_justify="left", caption_style="bold red"
+    )
     table.add_column("finding")
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
@@ -118,44 +72,6 @@ def findings_table(prediction: Prediction, shown: list[str]) -> Any:
             escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style
         )
     return table
-
-
-def process_one(
-    edge: CxrEdge,
-    path: Path,
-    stem: str,
-    out: Path,
-    steps: int,
-    map_kind: str,
-    findings: list[str] | None,
-    overlay: bool,
-    save_maps: bool,
-    allow_non_chest: bool,
-) -> tuple[Prediction, dict[str, Any], list[str]]:
-    """Run one image and write its files; everything is rendered before anything is written,
-    and each file is written atomically, so a failure leaves no partial output."""
-    from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
-    from cxr_edge.render import encode_png
-    from cxr_edge.report import report_json
-
-    pred = edge.predict(path, steps=steps, allow_non_chest=allow_non_chest)
-    shown = findings if findings is not None else pred.reported_labels()
-    outputs: list[tuple[Path, bytes]] = []
-    t0 = time.perf_counter()
-    if overlay:
-        for label in shown:
-            rgb = pred.overlay(label, map=map_kind)
-            outputs.append((out / f"{stem}.{label_slug(label)}.png", encode_png(rgb)))
-    render_ms = (time.perf_counter() - t0) * 1e3
-    if save_maps:
-        outputs.append((out / f"{stem}.maps.npz", maps_npz_bytes(pred)))
-    report = pred.to_report(map=map_kind)
-    report["timings_ms"]["render"] = round(render_ms, 3)
-    report["overlays"] = [p.name for p, _ in outputs if p.suffix == ".png"]
-    for target, data in outputs:
-        write_bytes_atomic(target, data)
-    write_text_atomic(out / f"{stem}.json", report_json(report))
-    return pred, report, shown
 
 
 def register(app: typer.Typer) -> None:
@@ -208,68 +124,113 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         threads: Annotated[
-            int | None, typer.Option("--threads", min=1, help="CPU threads (default: all).")
+            int | None,
+            typer.Option("--threads", min=1, help="CPU threads, 1 .. the cores available (default: all)."),
         ] = None,
         allow_non_chest: Annotated[
             bool,
             typer.Option(
                 "--allow-non-chest",
-                help="Process files whose header says they are not a frontal chest X-ray.",
+                help="Process files that look like no frontal chest X-ray: a DICOM header saying so, "
+                "or PNG/JPEG pixels with a CT slice's tones.",
             ),
         ] = False,
+        center: Annotated[
+            str,
+            typer.Option(
+                "--center",
+                help="Neutral (white) point of the overlay colours: 'threshold' (the model's decision "
+                "threshold: red pushes toward calling the finding) or 'zero' (logit 0, the paper's display).",
+            ),
+        ] = "threshold",
+        max_megapixels: Annotated[
+            float,
+            typer.Option(
+                "--max-megapixels",
+                help="Input budget: refuse files whose header declares more pixels (and files over "
+                "4 bytes per budgeted pixel), before decoding.",
+            ),
+        ] = 100.0,
+        server: Annotated[
+            str | None,
+            typer.Option(
+                "--server",
+                metavar="URL",
+                help="Run the model on a Triton server (grpc://HOST:8001 or http://HOST:8000) holding a "
+                "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
+            ),
+        ] = None,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
-        Prints a findings table per image and writes OUT/<stem>.json. Exit code 0: all images
-        done; 1: some failed (each named on stderr); 2: all failed or bad usage.
+        Prints a findings table per image, writes OUT/<stem>.json (plus overlays and maps) per
+        image, all or nothing, and OUT/index.csv listing every input with its status and files.
+        Exit code 0: all images done; 1: some failed (each named on stderr); 2: all failed, the
+        model failed, or bad usage.
         """
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from cxr_edge.pipeline import MAP_KINDS, CxrEdge, check_steps
+        from cxr_edge.batch import BatchItem, check_output_directory, run_batch
+        from cxr_edge.io.budget import InputBudget
+        from cxr_edge.outputs import OutputOptions
+        from cxr_edge.pipeline import CxrEdge, Predictor
+        from cxr_edge.postprocess import check_map_kind
+        from cxr_edge.render import check_center
         from cxr_edge.report import report_json
+        from cxr_edge.tile import check_steps
 
         with one_line_errors():
             check_steps(steps)
-            if map_kind not in MAP_KINDS:
-                raise CxrEdgeError(None, f"--map must be one of {', '.join(MAP_KINDS)}, got {map_kind!r}")
-            edge = CxrEdge.load(model, threads=threads)
-            chosen = parse_findings(findings, edge.metadata.labels)
-        files = expand_inputs(inputs)
+            check_map_kind(map_kind, "--map")  # usage errors before the model is loaded
+            check_center(center, "--center")
+            budget = InputBudget.megapixels(max_megapixels)
+            check_output_directory(out, inputs)  # a bad --out fails before any compute
+            edge: Predictor
+            if server is not None:
+                if model is not None or threads is not None:
+                    raise CxrEdgeError(None, "--server runs the server's model: drop --model and --threads")
+                from cxr_edge.triton.client import TritonCxrEdge
+
+                edge = TritonCxrEdge(server)
+            else:
+                edge = CxrEdge.load(model, threads=threads)
+            edge.input_budget = budget
+            options = OutputOptions(
+                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center
+            )
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)
-        reports: list[dict[str, Any]] = []
-        failed = 0
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        # one_line_errors here only turns Ctrl-C into "error: interrupted" and exit 130.
+        # Here one_line_errors catches a busy output folder and Ctrl-C ("error: interrupted", 130).
         with one_line_errors(), Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task("infer", total=len(files))
-            for path, stem in zip(files, output_stems(files)):
-                progress.update(task, description=path.name)
-                try:
-                    pred, report, shown = process_one(
-                        edge, path, stem, out, steps, map_kind, chosen, overlay, save_maps, allow_non_chest
-                    )
-                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                    if isinstance(exc, CxrEdgeError):
-                        message = str(exc) if exc.path else f"{path}: {exc.problem}"
-                    else:
-                        message = f"{path}: {type(exc).__name__}: {exc}"
-                    message = " ".join(message.split("\n"))  # one line, whatever the source
-                    failed += 1
-                    reports.append({"image": str(path), "error": message})
-                    print_error(message)
+            task = progress.add_task("infer", total=None)
+
+            def started(files: object) -> None:
+                progress.update(task, total=len(files))  # type: ignore[arg-type]
+
+            def done(item: BatchItem) -> None:
+                if item.result is None:
+                    print_error(item.error or f"{item.input}: failed")
                 else:
-                    reports.append(report)
-                    progress.console.print(findings_table(pred, shown))
-                    if pred.info.get("scope_warning"):
-                        typer.echo(f"warning: {path}: {pred.info['scope_warning']}", err=True)
+                    progress.console.print(findings_table(item.result.prediction, item.result.shown))
+                    warning = item.result.prediction.info.get("scope_warning")
+                    if warning:
+                        print_warning(f"{item.input}: {warning}")
                 progress.advance(task)
+
+            summary = run_batch(edge, inputs, options, steps, allow_non_chest, on_item=done, on_start=started)
         if as_json:
+            reports = [
+                item.result.report
+                if item.result
+                else {"image": str(item.input), "status": item.status, "error": item.error}
+                for item in summary.items
+            ]
             typer.echo(report_json(reports), nl=False)
+        typer.echo(printable(f"infer: {summary.line()}"), err=True)
+        failed = summary.count("failed") + summary.count("not run")
+        if summary.stopped:  # the item's error line says why; the summary line says what was not run
+            raise typer.Exit(EXIT_BAD_INPUT)
         if failed:
-            if failed == len(files):
-                print_error(f"all {len(files)} input(s) failed")
-                raise typer.Exit(EXIT_BAD_INPUT)
-            print_error(f"{failed} of {len(files)} input(s) failed")
-            raise typer.Exit(EXIT_PARTIAL)
+            raise typer.Exit(EXIT_BAD_INPUT if failed == len(summary.items) else EXIT_PARTIAL)

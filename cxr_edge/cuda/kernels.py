@@ -27,6 +27,9 @@ FLOAT16 = 1
 MAX_STEPS = 128
 MAX_OVERLAYS = 64
 STATUS_CUDA_ERROR = 9
+STATUS_SHARED_MEMORY = 10
+#: The device attribute the column pass's shared memory is checked against.
+SHARED_MEMORY_ATTRIBUTE = "cudaDevAttrMaxSharedMemoryPerBlockOptin"
 
 _DTYPE_CODES = {np.dtype(np.float32): FLOAT32, np.dtype(np.float16): FLOAT16}
 
@@ -140,6 +143,11 @@ class CudaKernels:
             ctypes.c_int,
             ctypes.POINTER(ctypes.c_size_t),
         ]
+        lib.cxr_postprocess_shared_bytes.argtypes = [
+            ctypes.POINTER(PostprocessParams),
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+        lib.cxr_device_shared_memory_optin.argtypes = [ctypes.POINTER(ctypes.c_int)]
         lib.cxr_tile_launch.argtypes = [
             ctypes.POINTER(TileParams),
             ctypes.c_void_p,
@@ -203,6 +211,27 @@ class CudaKernels:
         )
         return int(size.value)
 
+    def shared_bytes(self, params: PostprocessParams) -> int:
+        """Dynamic shared memory per block the column pass needs (host only, no GPU needed)."""
+        size = ctypes.c_size_t(0)
+        self.check(
+            self._lib.cxr_postprocess_shared_bytes(ctypes.byref(params), ctypes.byref(size)),
+            "cxr_postprocess_shared_bytes",
+        )
+        return int(size.value)
+
+    def shared_memory_optin(self) -> int:
+        """``cudaDevAttrMaxSharedMemoryPerBlockOptin`` of the current device, in bytes."""
+        limit = ctypes.c_int(0)
+        self.check(self._lib.cxr_device_shared_memory_optin(ctypes.byref(limit)), SHARED_MEMORY_ATTRIBUTE)
+        return int(limit.value)
+
+    def check_shared_memory(self, params: PostprocessParams) -> None:
+        """CxrEdgeError naming the device limit when the column pass cannot run with ``params``."""
+        problem = shared_memory_problem(params, self.shared_memory_optin())
+        if problem:
+            raise CxrEdgeError(None, problem)
+
     def tile(self, params: TileParams, image_ptr: int, out_ptr: int, stream: int = 0) -> None:
         """image ``(N, N) float32`` -> ``((k1-k0)*G*G, 1, P, P)`` patches at ``out_ptr``."""
         self.check(
@@ -211,10 +240,10 @@ class CudaKernels:
 
     def postprocess(self, params: PostprocessParams, buffers: PostprocessBuffers, stream: int = 0) -> None:
         """Patch logits -> shift/image logits, probabilities and the requested maps."""
-        self.check(
-            self._lib.cxr_postprocess_launch(ctypes.byref(params), ctypes.byref(buffers), stream or None),
-            "postprocess kernels",
-        )
+        status = self._lib.cxr_postprocess_launch(ctypes.byref(params), ctypes.byref(buffers), stream or None)
+        if status == STATUS_SHARED_MEMORY:
+            self.check_shared_memory(params)  # the same check, with the numbers in the message
+        self.check(status, "postprocess kernels")
 
     def overlay(
         self,
@@ -253,6 +282,33 @@ def load_kernels(path: str | Path | None = None) -> CudaKernels:
     if not path.is_file():
         raise CxrEdgeError(path, f"no such CUDA kernel library; {BUILD_HINT}")
     return _load(str(path.resolve()))
+
+
+def column_pass_shared_bytes(steps: int, image_size: int, patch_size: int, classes: int) -> int:
+    """Bytes of shared memory per block of the column pass: ``S * C * (G + 1) * 4`` (the patch
+    logits of S shifts in one patch row, ``(S, G, C)``, and their weights ``(S, C)``, float32).
+    Mirrors ``cxr_postprocess_shared_bytes``; tests check the two agree."""
+    grid = image_size // patch_size
+    return steps * classes * (grid + 1) * 4
+
+
+def max_classes(steps: int, image_size: int, patch_size: int, limit_bytes: int) -> int:
+    """The most classes whose column pass fits ``limit_bytes`` of shared memory per block."""
+    return limit_bytes // column_pass_shared_bytes(steps, image_size, patch_size, 1)
+
+
+def shared_memory_problem(params: PostprocessParams, limit_bytes: int) -> str | None:
+    """None when the column pass fits the device's opt-in shared memory, else the one-line reason."""
+    steps, size, patch, classes = params.steps, params.image_size, params.patch_size, params.num_classes
+    need = column_pass_shared_bytes(steps, size, patch, classes)
+    if need <= limit_bytes:
+        return None
+    fit = max_classes(steps, size, patch, limit_bytes)
+    return (
+        f"{classes} classes at S={steps} need {need} bytes of shared memory per block in the CUDA "
+        f"postprocess; this GPU allows {limit_bytes} ({SHARED_MEMORY_ATTRIBUTE}), enough for at most "
+        f"{fit} classes at S={steps}: use the CPU postprocess or fewer steps"
+    )
 
 
 def tile_params(

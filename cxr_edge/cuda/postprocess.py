@@ -3,14 +3,16 @@
 ``GpuPostprocess(steps, image_size, patch_size, num_classes)`` has the accumulator interface the
 pipeline uses (``add(pairs, logits)`` with host logits, ``finish(labels) -> SaliencyMaps``) and a
 device path for a GPU engine: ``logits_address(first_shift)`` is where the engine writes the
-logits of shift ``first_shift`` onwards, ``run()`` launches the fused postprocess, ``overlay()``
-draws RGB overlays from the device maps. Device memory and streams come from ``cxr_edge.gpu``
+logits of shift ``first_shift`` onwards, ``wait_for(stream)`` orders the postprocess after the
+engine's stream (a CUDA event, no host sync), ``run()`` launches the fused postprocess,
+``overlay()`` draws RGB overlays from the device maps. One object serves one image at a time and
+is reused for the next image of the same S (``reset``): its device buffers, pinned host buffers,
+stream and event live until ``close``. Device memory and streams come from ``cxr_edge.gpu``
 (cuda-python).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +27,8 @@ from cxr_edge.cuda.kernels import (
     overlay_params,
 )
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.postprocess import SaliencyMaps
+from cxr_edge.gpu import DeviceBuffer, Event, PinnedBuffer, Stream
+from cxr_edge.postprocess import SaliencyMaps, check_map_kind
 
 
 def gpu_postprocess_available() -> bool:
@@ -46,10 +49,15 @@ def gpu_accumulator_factory() -> Callable[[int, int, int, int], GpuPostprocess] 
 
 
 class GpuPostprocess:
-    """Holds the device buffers of one image's postprocess; reuse it across images of one S.
+    """The device buffers of one image's postprocess; reset and reused across images of one S.
 
     Device memory: logits ``(S*S*G*G, C)`` in ``logits_dtype``, shift logits ``(S*S, C)``, maps
-    ``2 * (C, N, N) float32`` and a workspace ``2 * C*S*G*N float32`` (29 MB + 29 MB at S=64, C=14).
+    ``2 * (C, N, N) float32`` and the kernels' workspace (``cxr_postprocess_workspace_bytes``:
+    about ``2 * C*S*G*N float32``, 29 MB at S=64, C=14). Pinned host memory: the downloaded
+    results (maps, logits, probabilities: 29 MB at C=14) and, once host logits are added, a
+    staging copy of them. Refuses at construction a class count whose column pass does not fit
+    the device's opt-in shared memory. Not thread-safe: one image at a time (the pipeline keeps a
+    pool of them, one per concurrent ``predict``).
     """
 
     def __init__(
@@ -62,8 +70,6 @@ class GpuPostprocess:
         logits_dtype: Any = np.float32,
         library: str | None = None,
     ) -> None:
-        from cxr_edge.gpu import DeviceBuffer, Stream
-
         self.kernels: CudaKernels = load_kernels(library)
         self.steps, self.image_size, self.patch_size, self.num_classes = (
             steps,
@@ -77,8 +83,11 @@ class GpuPostprocess:
             image_size, patch_size, steps, num_classes, dtype_code(self.logits_dtype)
         )
         self.offsets = self.kernels.shift_offsets(steps, patch_size)  # also validates the geometry
+        self.kernels.check_shared_memory(self.params)
         self.shifts = steps * steps
-        self._buffers: list[DeviceBuffer] = []
+        self._buffers: list[DeviceBuffer | PinnedBuffer] = []
+        self._staging: PinnedBuffer | None = None  # host logits for add(), made on first use
+        self._ready: Event | None = None
         self.stream = Stream(stream)
         n, c = image_size, num_classes
 
@@ -88,12 +97,13 @@ class GpuPostprocess:
             return buf
 
         try:
+            self._ready = Event()
             self.logits = alloc(self.shifts * self.grid * self.grid * c * self.logits_dtype.itemsize)
             self.shift_logits = alloc(self.shifts * c * 4)
-            self.image_logits = alloc(c * 4)
-            self.probabilities = alloc(c * 4)
-            self.maps = alloc(2 * c * n * n * 4)  # raw then scaled
+            self.results = alloc((2 * c + 2 * c * n * n) * 4)  # image logits, probabilities, raw, scaled
             self.workspace = alloc(self.kernels.workspace_bytes(self.params, True, True))
+            self.host_results = PinnedBuffer(self.results.nbytes)
+            self._buffers.append(self.host_results)
         except Exception:
             self.close()
             raise
@@ -108,23 +118,32 @@ class GpuPostprocess:
         return int(self.logits.ptr + first_shift * self.grid * self.grid * row_bytes)
 
     @property
+    def image_logits_address(self) -> int:
+        return int(self.results.ptr)
+
+    @property
+    def probabilities_address(self) -> int:
+        return int(self.results.ptr) + self.num_classes * 4
+
+    @property
     def raw_address(self) -> int:
-        return int(self.maps.ptr)
+        return int(self.results.ptr) + 2 * self.num_classes * 4
 
     @property
     def scaled_address(self) -> int:
-        return int(self.maps.ptr) + self.num_classes * self.image_size**2 * 4
+        return self.raw_address + self.num_classes * self.image_size**2 * 4
 
     # -- accumulator interface (host logits) -------------------------------------------------
     def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
-        """Upload patch logits of K whole shifts: pairs ``(K, 2)``, logits ``(K*G*G, C)``."""
-        from cxr_edge.gpu import check, cuda_runtime
+        """Upload patch logits of K whole shifts: pairs ``(K, 2)``, logits ``(K*G*G, C)``.
 
+        The rows go through a pinned staging copy (each shift has its own place in it, so no
+        copy waits for another) and are uploaded asynchronously on this object's stream."""
         pairs = np.asarray(pairs)
         per_shift = self.grid * self.grid
         if pairs.ndim != 2 or pairs.shape[1] != 2:
             raise CxrEdgeError(None, f"pairs must be (K, 2), got shape {pairs.shape}")
-        logits = np.ascontiguousarray(logits, dtype=self.logits_dtype)
+        logits = np.asarray(logits)
         if logits.shape != (len(pairs) * per_shift, self.num_classes):
             raise CxrEdgeError(
                 None, f"logits must be ({len(pairs) * per_shift}, {self.num_classes}), got {logits.shape}"
@@ -139,7 +158,11 @@ class GpuPostprocess:
         ks = rows_c * self.steps + cols_c
         if len(np.unique(ks)) != len(ks) or self._seen[ks].any():
             raise CxrEdgeError(None, "a shift was added twice")
-        rt = cuda_runtime()
+        if self._staging is None:
+            self._staging = PinnedBuffer(self.logits.nbytes)
+            self._buffers.append(self._staging)
+        staged = self._staging.array(self.logits_dtype, (self.shifts, per_shift, self.num_classes))
+        staged[ks] = logits.reshape(len(ks), per_shift, self.num_classes)
         shift_bytes = per_shift * self.num_classes * self.logits_dtype.itemsize
         # One copy per run of consecutive shifts (iter_patch_batches yields them in order).
         start = 0
@@ -147,19 +170,14 @@ class GpuPostprocess:
             end = start + 1
             while end < len(ks) and ks[end] == ks[end - 1] + 1:
                 end += 1
-            check(
-                rt.cudaMemcpyAsync(
-                    self.logits_address(int(ks[start])),
-                    logits.ctypes.data + start * shift_bytes,
-                    (end - start) * shift_bytes,
-                    rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                    self.stream.handle,
-                ),
-                "cudaMemcpyAsync(logits)",
+            first = int(ks[start])
+            self._staging.upload_to(
+                self.logits_address(first),
+                (end - start) * shift_bytes,
+                self.stream,
+                offset=first * shift_bytes,
             )
             start = end
-        # The host array must outlive the async copy.
-        self.stream.synchronize()
         self._seen[ks] = True
 
     def mark_written(self, first_shift: int, count: int) -> None:
@@ -175,6 +193,13 @@ class GpuPostprocess:
         """Declare that the engine wrote all S*S shifts at ``logits_address()`` itself."""
         self._seen[:] = True
 
+    def wait_for(self, stream: int) -> None:
+        """Order this postprocess after everything enqueued on ``stream`` so far (the engine's):
+        an event recorded there, waited for on this object's stream. No host sync."""
+        assert self._ready is not None
+        self._ready.record(stream)
+        self._ready.wait(self.stream.handle)
+
     def run(self, raw: bool = True, scaled: bool = True) -> None:
         """Launch the fused postprocess on ``self.stream`` (asynchronous)."""
         if not self._seen.all():
@@ -182,8 +207,8 @@ class GpuPostprocess:
         buffers = PostprocessBuffers(
             self.logits.ptr,
             self.shift_logits.ptr,
-            self.image_logits.ptr,
-            self.probabilities.ptr,
+            self.image_logits_address,
+            self.probabilities_address,
             self.raw_address if raw else None,
             self.scaled_address if scaled else None,
             self.workspace.ptr,
@@ -191,20 +216,21 @@ class GpuPostprocess:
         self.kernels.postprocess(self.params, buffers, self.stream.handle)
 
     def finish(self, labels: Sequence[str]) -> SaliencyMaps:
-        """Run the postprocess and download everything as a ``SaliencyMaps``."""
+        """Run the postprocess and download everything as a ``SaliencyMaps``: one download into
+        pinned memory and the image's one host sync."""
         labels = tuple(labels)
         if len(labels) != self.num_classes:
             raise CxrEdgeError(None, f"{len(labels)} labels for {self.num_classes} classes")
         self.run()
         c, n = self.num_classes, self.image_size
-        logits = np.empty(c, dtype=np.float32)
-        probabilities = np.empty(c, dtype=np.float32)
-        maps = np.empty((2, c, n, n), dtype=np.float32)
-        self.image_logits.download(logits, self.stream)
-        self.probabilities.download(probabilities, self.stream)
-        self.maps.download(maps, self.stream)
+        self.host_results.download_from(self.results.ptr, self.results.nbytes, self.stream)
         self.stream.synchronize()
-        return SaliencyMaps(self.steps, labels, logits, probabilities, maps[0], maps[1])
+        host = self.host_results.array(np.float32, (self.results.nbytes // 4,))
+        maps = host[2 * c :].reshape(2, c, n, n)
+        # Copies: the pinned buffer is this object's and is overwritten by the next image.
+        return SaliencyMaps(
+            self.steps, labels, host[:c].copy(), host[c : 2 * c].copy(), maps[0].copy(), maps[1].copy()
+        )
 
     def overlay(
         self,
@@ -217,12 +243,10 @@ class GpuPostprocess:
     ) -> np.ndarray:
         """RGB overlays of ``classes`` over ``gray (h, w) uint8``: ``(len(classes), h, w, 3) uint8``.
 
-        Same formula as ``render.overlay`` (one vmax per class); call after ``run``/``finish``.
+        The overlay kernel's formula (``render.overlay`` up to one level, see its tests; one vmax
+        per class); call after ``run``/``finish``, before the next image.
         """
-        from cxr_edge.gpu import DeviceBuffer
-
-        if map not in ("raw", "scaled"):
-            raise CxrEdgeError(None, f"map must be 'raw' or 'scaled', not {map!r}")
+        check_map_kind(map)
         gray = np.ascontiguousarray(gray)
         if gray.ndim != 2 or gray.dtype != np.uint8:
             raise CxrEdgeError(None, f"gray must be (h, w) uint8, got {gray.shape} {gray.dtype}")
@@ -245,17 +269,20 @@ class GpuPostprocess:
         self._seen[:] = False
 
     def close(self) -> None:
-        """Free the device buffers (and the stream if this object created it)."""
+        """Free the device and pinned buffers, the event and the stream if this object created
+        it; idempotent."""
+        stream = getattr(self, "stream", None)
+        if stream is not None and stream.handle:
+            stream.synchronize()  # nothing may still be writing into what is freed
         for buf in getattr(self, "_buffers", []):
             buf.free()
         self._buffers = []
-        if getattr(self, "stream", None) is not None:
-            self.stream.close()
-
-    def __del__(self) -> None:
-        # The pipeline makes one accumulator per image and drops it; free its device memory.
-        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down cuda-python
-            self.close()
+        ready = getattr(self, "_ready", None)
+        if ready is not None:
+            ready.close()
+            self._ready = None
+        if stream is not None:
+            stream.close()
 
     def __enter__(self) -> GpuPostprocess:  # noqa: PYI034
         return self

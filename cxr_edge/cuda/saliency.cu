@@ -14,16 +14,19 @@
 // Postprocess (separable, no atomics, deterministic). A shifted patch map is constant between
 // breakpoints; along one axis the S offsets put exactly one breakpoint at each residue
 // (coordinate - off) % P == 0, so each 1-D sum over offsets is a running sum of differences:
-//   pass 1  shift logits (K, C): mean of the G*G patch logits of each shift.
-//   pass 2  column pass, block (row, i): T[c, i, row, x] = sum_j L[i*S+j, row, col_j(x), c]
-//           as a block-wide prefix sum over x of its differences (value at x=0, then one
-//           difference per breakpoint) -> C*S*G*N values, O(1) work each.
-//   pass 3  row pass: map[c, y, x] = (1/K) sum_i T[c, i, row_i(y), x], thread per x (coalesced),
-//           running over a segment of y: S reads at the segment start, then at most 2 reads per y.
+//   pass 1  shift logits (K, C): mean of the G*G patch logits of each shift; then the
+//           baseline b (C,): mean of the K shift logits.
+//   pass 2  column pass, block (row, i): T[c, i, row, x] = sum_j d[i*S+j, row, col_j(x), c]
+//           with d = logit - b (b: the class's mean logit), a running sum over x that restarts
+//           every kColumnSegment pixels -> C*S*G*N values, O(S / kColumnSegment + 1) work each.
+//   pass 3  row pass: map[c, y, x] = (sum_i T[c, i, row_i(y), x] + b * covering shifts) / K,
+//           thread per x (coalesced), running over a segment of y: S reads at the segment
+//           start, then at most 2 reads per y.
 // Work O(K*G*G*C + C*S*G*N + C*N*N); memory traffic: logits twice (passes 1, 2), T written
 // and read once (C*S*G*N floats per map kind: 3.7 MB at S = 8, 14.7 MB at S = 64, C = 14) and
-// the maps written once. Float32 throughout; running sums restart every kRowSegment rows, so
-// rounding grows over at most that many steps, and dividing by K shrinks it further.
+// the maps written once. Float32 throughout. Rounding does not depend on the logits' offset
+// (running sums carry only their variation, centred on b) and grows over at most
+// kColumnSegment + S (columns) and kRowSegment + S (rows) additions.
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -52,6 +55,7 @@ enum cxr_status {
     CXR_ERR_MISALIGNED = 7,
     CXR_ERR_BAD_OVERLAY = 8,
     CXR_ERR_CUDA = 9,
+    CXR_ERR_SHARED_MEMORY = 10,
 };
 
 enum cxr_dtype { CXR_FLOAT32 = 0, CXR_FLOAT16 = 1 };
@@ -244,134 +248,113 @@ __global__ void shift_logits_kernel(const In* __restrict__ logits, int classes, 
     }
 }
 
-// Inclusive prefix sums of two values across one full warp (all 32 lanes must call it).
-__device__ __forceinline__ void warp_inclusive_scan2(float& a, float& b, int lane) {
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        const float va = __shfl_up_sync(0xffffffffu, a, d);
-        const float vb = __shfl_up_sync(0xffffffffu, b, d);
-        if (lane >= d) {
-            a += va;
-            b += vb;
-        }
-    }
+// postprocess pass 1b: baseline[c] = mean of the K shift logits of class c (a sequential sum in
+// a fixed order), the value the column and row passes centre the logits on.
+__global__ void baseline_kernel(const float* __restrict__ shift_logits, int classes, int k_count,
+                                float* __restrict__ baseline) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= classes) return;
+    float sum = 0.f;
+    for (int k = 0; k < k_count; ++k) sum = __fadd_rn(sum, shift_logits[(size_t)k * classes + c]);
+    baseline[c] = __fdiv_rn(sum, (float)k_count);
 }
 
-// In-place inclusive prefix sums of a[0..n) and b[0..n) by the whole block (blockDim.x a
-// multiple of 32, at most 1024; b may be NULL): a serial scan of each thread's contiguous chunk,
-// then a scan of the chunk totals with warp shuffles. warp_totals: 64 floats of shared memory.
-// Ends with a barrier.
-__device__ void block_inclusive_scan(float* a, float* b, int n, float* warp_totals) {
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, warps = blockDim.x >> 5;
-    const int items = (n + blockDim.x - 1) / blockDim.x;
-    const int begin = min(t * items, n), end = min(begin + items, n);
-    float total_a = 0.f, total_b = 0.f;
-    for (int q = begin; q < end; ++q) {
-        total_a += a[q];
-        a[q] = total_a;
-        if (b) {
-            total_b += b[q];
-            b[q] = total_b;
-        }
-    }
-    float inc_a = total_a, inc_b = total_b;
-    warp_inclusive_scan2(inc_a, inc_b, lane);
-    if (lane == 31) {
-        warp_totals[warp] = inc_a;
-        warp_totals[32 + warp] = inc_b;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        float wa = lane < warps ? warp_totals[lane] : 0.f;
-        float wb = lane < warps ? warp_totals[32 + lane] : 0.f;
-        warp_inclusive_scan2(wa, wb, lane);
-        if (lane < warps) {
-            warp_totals[lane] = wa;
-            warp_totals[32 + lane] = wb;
-        }
-    }
-    __syncthreads();
-    const float offset_a = (inc_a - total_a) + (warp > 0 ? warp_totals[warp - 1] : 0.f);
-    const float offset_b = (inc_b - total_b) + (warp > 0 ? warp_totals[32 + warp - 1] : 0.f);
-    for (int q = begin; q < end; ++q) {
-        a[q] += offset_a;
-        if (b) b[q] += offset_b;
-    }
-    __syncthreads();
-}
+// The column and row passes sum logits centred on the class's mean logit b = baseline[c]
+// (d = L - b, one rounding, exact when L and b are within a factor of 2): every running sum
+// then carries only the logits' variation, not their offset, and the offset comes back once at
+// the end through counts of covering shifts. Without it, logits around -12 make every partial
+// sum about S*12 large and its rounding error grows with the offset.
+// Every float operation below is an explicit round-to-nearest intrinsic: no FMA contraction,
+// so tests/kernel_emulation.py reproduces the passes bit for bit in numpy (the sigmoid aside).
 
 constexpr int kColumnThreads = 256;
+constexpr int kColumnSegment = 16;  // running sums restart every kColumnSegment pixels
 
-// postprocess pass 2 (column pass): block (row, i). Shared memory: the patch logits of the S
-// shifts (i, j) in this patch row (S, G, C), the weights sigmoid(shift logit) (S, C), two
-// difference rows (N) and the scan's warp totals (64).
-// T[c, i, row, x] = sum_j L[(i*S+j), row, col_j(x), c] over the j with x - off[j] inside the image.
+// postprocess pass 2 (column pass): block (row, i), thread per (class, segment of
+// kColumnSegment pixels of x). Shared memory: the centred patch logits of the S shifts (i, j)
+// in this patch row (S, G, C) and the weights sigmoid(shift logit) (S, C):
+// cxr_postprocess_shared_bytes() = S*C*(G+1)*4 bytes.
+//   t_raw[c, i, row, x]    = sum_j d[(i*S+j), row, col_j(x), c]
+//   t_scaled[c, i, row, x] = sum_j d[...] * w[i*S+j, c]
+//   w_cover[c, i, x]       = sum_j w[i*S+j, c]          (written by the row == 0 blocks)
+// over the j whose shifted map covers x (0 <= x - off[j] < N). Each segment starts with the
+// full sum over j (ascending), then adds one difference per breakpoint pixel.
 template <typename In>
 __global__ void __launch_bounds__(kColumnThreads)
     column_pass_kernel(const In* __restrict__ logits, const float* __restrict__ shift_logits, int classes,
-                       Geometry geo, float* __restrict__ t_raw, float* __restrict__ t_scaled) {
+                       const float* __restrict__ baseline, Geometry geo, float* __restrict__ t_raw,
+                       float* __restrict__ t_scaled, float* __restrict__ w_cover) {
     extern __shared__ float smem[];
     const int n = geo.n, p = geo.p, g = geo.g, s = geo.s;
     const int row = blockIdx.x, i = blockIdx.y;
-    const int span = g * classes;                   // one shift's patch row: (G, C) contiguous
-    float* rows = smem;                             // (S, G, C)
-    float* weights = rows + (size_t)s * span;       // (S, C)
-    float* diff_raw = weights + (size_t)s * classes;  // (N,)
-    float* diff_scaled = diff_raw + n;              // (N,)
-    float* warp_totals = diff_scaled + n;           // (64,)
+    const int span = g * classes;               // one shift's patch row: (G, C) contiguous
+    float* rows = smem;                         // (S, G, C) centred logits
+    float* weights = rows + (size_t)s * span;   // (S, C)
 
     for (int idx = threadIdx.x; idx < s * span; idx += blockDim.x) {
         const int j = idx / span, rem = idx % span;
-        rows[idx] = load_logit(logits, ((size_t)(i * s + j) * g * g + (size_t)row * g) * classes + rem);
+        const float v = load_logit(logits, ((size_t)(i * s + j) * g * g + (size_t)row * g) * classes + rem);
+        rows[idx] = __fsub_rn(v, baseline[rem % classes]);
     }
     for (int idx = threadIdx.x; idx < s * classes; idx += blockDim.x)
         weights[idx] = sigmoidf_precise(shift_logits[(size_t)i * s * classes + idx]);
     __syncthreads();
 
-    for (int c = 0; c < classes; ++c) {
-        for (int x = threadIdx.x; x < n; x += blockDim.x) {
-            float d_raw = 0.f, d_scaled = 0.f;
-            if (x == 0) {  // the full sum at the left edge
-                for (int j = 0; j < s; ++j) {
-                    const int col = cell_step(0, geo.off[j], p);  // 0, or -1 when off[j] > 0
-                    if (col < 0) continue;
-                    const float v = rows[(j * g + col) * classes + c];
-                    d_raw += v;
-                    d_scaled += v * weights[j * classes + c];
-                }
-            } else {
-                const int j = geo.res[x % p];  // the one shift whose patch column changes at x
-                if (j >= 0) {
-                    // x - off[j] = col * P exactly; col in 0..G (G: the shifted map has ended).
-                    const int col = x / p + (geo.off[j] < 0 ? 1 : 0);
-                    const float now = col < g ? rows[(j * g + col) * classes + c] : 0.f;
-                    const float before = col >= 1 ? rows[(j * g + col - 1) * classes + c] : 0.f;
-                    d_raw = now - before;
-                    d_scaled = d_raw * weights[j * classes + c];
-                }
+    const int segments = (n + kColumnSegment - 1) / kColumnSegment;
+    const bool write_cover = w_cover != nullptr && row == 0;
+    for (int item = threadIdx.x; item < classes * segments; item += blockDim.x) {
+        const int c = item / segments;
+        const int x0 = (item % segments) * kColumnSegment, x1 = min(x0 + kColumnSegment, n);
+        int q = x0 / p, r = x0 % p;
+        float acc_raw = 0.f, acc_scaled = 0.f, acc_cover = 0.f;
+        for (int j = 0; j < s; ++j) {  // the full sum at the segment start
+            const int col = q + cell_step(r, geo.off[j], p);
+            if (col < 0 || col >= g) continue;
+            const float v = rows[(j * g + col) * classes + c];
+            const float w = weights[j * classes + c];
+            acc_raw = __fadd_rn(acc_raw, v);
+            acc_scaled = __fadd_rn(acc_scaled, __fmul_rn(v, w));
+            acc_cover = __fadd_rn(acc_cover, w);
+        }
+        const size_t out = (((size_t)c * s + i) * g + row) * n;
+        const size_t cover = ((size_t)c * s + i) * n;
+        for (int x = x0;;) {
+            if (t_raw) t_raw[out + x] = acc_raw;
+            if (t_scaled) t_scaled[out + x] = acc_scaled;
+            if (write_cover) w_cover[cover + x] = acc_cover;
+            if (++x >= x1) break;
+            if (++r == p) {
+                r = 0;
+                ++q;
             }
-            diff_raw[x] = d_raw;
-            diff_scaled[x] = d_scaled;
+            const int j = geo.res[r];  // the one shift whose patch column changes at x
+            if (j < 0) continue;
+            // x - off[j] = col * P exactly; col in 0..G (G: the shifted map has ended).
+            const int col = q + (geo.off[j] < 0 ? 1 : 0);
+            const float now = col < g ? rows[(j * g + col) * classes + c] : 0.f;
+            const float before = col >= 1 ? rows[(j * g + col - 1) * classes + c] : 0.f;
+            const float w = weights[j * classes + c];
+            const float step = __fsub_rn(now, before);
+            acc_raw = __fadd_rn(acc_raw, step);
+            acc_scaled = __fadd_rn(acc_scaled, __fmul_rn(step, w));
+            if (col == 0) acc_cover = __fadd_rn(acc_cover, w);  // shifted map j starts at x
+            else if (col == g) acc_cover = __fsub_rn(acc_cover, w);  // ... or ends
         }
-        __syncthreads();
-        block_inclusive_scan(diff_raw, t_scaled ? diff_scaled : nullptr, n, warp_totals);
-        const size_t base = (((size_t)c * s + i) * g + row) * n;
-        for (int x = threadIdx.x; x < n; x += blockDim.x) {
-            if (t_raw) t_raw[base + x] = diff_raw[x];
-            if (t_scaled) t_scaled[base + x] = diff_scaled[x];
-        }
-        __syncthreads();  // the next class reuses the difference rows
     }
 }
 
 // postprocess pass 3 (row pass): thread per (x, segment of kRowSegment rows, class).
-// map[c, y, x] = (1/K) sum_i T[c, i, row_i(y), x]: the full sum at the segment start, then the
-// one change per breakpoint row.
+//   raw[c, y, x]    = (sum_i t_raw[c, i, row_i(y), x] + b * cover_rows(y) * cover_cols(x)) / K
+//   scaled[c, y, x] = (sum_i t_scaled[c, i, row_i(y), x] + b * sum_i w_cover[c, i, x]) / K
+// over the i whose shifted map covers y; the full sums at the segment start, then the one change
+// per breakpoint row. cover_*: how many of the S offsets keep the pixel inside the shifted map.
 constexpr int kRowThreads = 128;
 constexpr int kRowSegment = 64;
 
-__global__ void row_pass_kernel(const float* __restrict__ t_raw, const float* __restrict__ t_scaled, Geometry geo,
-                                float* __restrict__ raw, float* __restrict__ scaled) {
+__global__ void row_pass_kernel(const float* __restrict__ t_raw, const float* __restrict__ t_scaled,
+                                const float* __restrict__ w_cover, const float* __restrict__ baseline,
+                                Geometry geo, float* __restrict__ raw,
+                                float* __restrict__ scaled) {
     const int n = geo.n, p = geo.p, g = geo.g, s = geo.s;
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int c = blockIdx.z;
@@ -379,23 +362,31 @@ __global__ void row_pass_kernel(const float* __restrict__ t_raw, const float* __
     if (x >= n || y0 >= n) return;
     const int y1 = min(y0 + kRowSegment, n);
     const float count = (float)(s * s);
+    const float b = baseline[c];
     const size_t t_class = (size_t)c * s * g * n;
     const float* tr = t_raw ? t_raw + t_class + x : nullptr;  // tr[(i*G + r) * N]
     const float* ts = t_scaled ? t_scaled + t_class + x : nullptr;
+    const float* wc = ts ? w_cover + (size_t)c * s * n + x : nullptr;  // wc[i * N]
 
-    int yq = y0 / p, yr = y0 % p;
-    float acc_raw = 0.f, acc_scaled = 0.f;
+    int cover_cols = 0;
+    for (int j = 0; j < s; ++j) cover_cols += (x - geo.off[j] >= 0 && x - geo.off[j] < n) ? 1 : 0;
+    int yq = y0 / p, yr = y0 % p, cover_rows = 0;
+    float acc_raw = 0.f, acc_scaled = 0.f, acc_cover = 0.f;
     for (int i = 0; i < s; ++i) {
         const int r = yq + cell_step(yr, geo.off[i], p);
         if (r < 0 || r >= g) continue;
+        ++cover_rows;
         const size_t o = ((size_t)i * g + r) * n;
-        if (tr) acc_raw += tr[o];
-        if (ts) acc_scaled += ts[o];
+        if (tr) acc_raw = __fadd_rn(acc_raw, tr[o]);
+        if (ts) {
+            acc_scaled = __fadd_rn(acc_scaled, ts[o]);
+            acc_cover = __fadd_rn(acc_cover, wc[(size_t)i * n]);
+        }
     }
     for (int y = y0;;) {
         const size_t dst = ((size_t)c * n + y) * n + x;
-        if (raw) raw[dst] = acc_raw / count;
-        if (scaled) scaled[dst] = acc_scaled / count;
+        if (raw) raw[dst] = __fdiv_rn(__fadd_rn(acc_raw, __fmul_rn(b, (float)(cover_rows * cover_cols))), count);
+        if (scaled) scaled[dst] = __fdiv_rn(__fadd_rn(acc_scaled, __fmul_rn(b, acc_cover)), count);
         if (++y >= y1) break;
         if (++yr == p) {
             yr = 0;
@@ -405,11 +396,17 @@ __global__ void row_pass_kernel(const float* __restrict__ t_raw, const float* __
         if (i < 0) continue;
         const int r = yq + (geo.off[i] < 0 ? 1 : 0);  // y - off[i] = r * P exactly; r in 0..G
         const size_t now = ((size_t)i * g + r) * n, before = now - n;
-        if (tr) acc_raw += (r < g ? tr[now] : 0.f) - (r >= 1 ? tr[before] : 0.f);
-        if (ts) acc_scaled += (r < g ? ts[now] : 0.f) - (r >= 1 ? ts[before] : 0.f);
+        if (tr) acc_raw = __fadd_rn(acc_raw, __fsub_rn(r < g ? tr[now] : 0.f, r >= 1 ? tr[before] : 0.f));
+        if (ts) acc_scaled = __fadd_rn(acc_scaled, __fsub_rn(r < g ? ts[now] : 0.f, r >= 1 ? ts[before] : 0.f));
+        if (r == 0) {  // shifted map i starts at y
+            ++cover_rows;
+            if (ts) acc_cover = __fadd_rn(acc_cover, wc[(size_t)i * n]);
+        } else if (r == g) {  // ... or ends
+            --cover_rows;
+            if (ts) acc_cover = __fsub_rn(acc_cover, wc[(size_t)i * n]);
+        }
     }
 }
-
 // ---------------------------------------------------------------------------------------------
 // overlay: render.overlay bit for bit. Coordinates in float64 like numpy; the float32 blend uses
 // round-to-nearest intrinsics so the compiler cannot contract it into FMAs (numpy does not).
@@ -464,14 +461,47 @@ __global__ void overlay_kernel(const unsigned char* __restrict__ gray, const flo
     }
 }
 
-size_t workspace_floats(const Geometry& geo, int classes) {
-    return (size_t)classes * geo.s * geo.g * geo.n;  // one T buffer
+size_t column_floats(const Geometry& geo, int classes) {
+    return (size_t)classes * geo.s * geo.g * geo.n;  // one column-pass buffer (C, S, G, N)
+}
+
+size_t cover_floats(const Geometry& geo, int classes) {
+    return (size_t)classes * geo.s * geo.n;  // w_cover (C, S, N)
+}
+
+size_t baseline_floats(int classes) {
+    return ((size_t)classes + 63) / 64 * 64;  // keeps the buffers behind it 256-byte aligned
+}
+
+// Workspace: baseline (C, padded), then t_raw, then t_scaled and w_cover (each when wanted).
+size_t workspace_floats(const Geometry& geo, int classes, bool raw, bool scaled) {
+    if (!raw && !scaled) return 0;
+    return baseline_floats(classes) + (raw ? column_floats(geo, classes) : 0) +
+           (scaled ? column_floats(geo, classes) + cover_floats(geo, classes) : 0);
+}
+
+// Dynamic shared memory of the column pass: (S, G, C) centred logits + (S, C) weights.
+size_t column_shared_bytes(const Geometry& geo, int classes) {
+    return ((size_t)geo.s * geo.g * classes + (size_t)geo.s * classes) * sizeof(float);
 }
 
 int check_dtype(int dtype) { return (dtype == CXR_FLOAT32 || dtype == CXR_FLOAT16) ? CXR_OK : CXR_ERR_BAD_DTYPE; }
 
+// The current device's opt-in shared memory per block (what cudaFuncSetAttribute may raise a
+// kernel's dynamic shared memory to).
+int shared_memory_optin(int* bytes) {
+    int device = 0;
+    int status = record(cudaGetDevice(&device));
+    if (status) return status;
+    return record(cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+}
+
 template <typename T>
 int ensure_dynamic_smem(T* kernel, size_t bytes) {
+    int optin = 0;
+    int status = shared_memory_optin(&optin);
+    if (status) return status;
+    if (bytes > (size_t)optin) return CXR_ERR_SHARED_MEMORY;  // before any launch
     if (bytes <= 48 * 1024) return CXR_OK;
     return record(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
@@ -481,6 +511,12 @@ int launch_postprocess(const cxr_postprocess_params& prm, const cxr_postprocess_
                        cudaStream_t stream) {
     const In* logits = static_cast<const In*>(buf.logits);
     const int classes = prm.num_classes, k_count = geo.s * geo.s;
+    const bool maps = buf.raw || buf.scaled;
+    const size_t smem = column_shared_bytes(geo, classes);
+    if (maps) {  // refuse before the first kernel runs, so nothing is half written
+        int status = ensure_dynamic_smem(column_pass_kernel<In>, smem);
+        if (status) return status;
+    }
     int zero = 0;
     while (geo.off[zero] != 0) ++zero;  // offset 0 always exists (k = 0)
     const int k_zero = zero * geo.s + zero;
@@ -490,21 +526,23 @@ int launch_postprocess(const cxr_postprocess_params& prm, const cxr_postprocess_
                                                               buf.shift_logits, buf.image_logits,
                                                               buf.probabilities);
     int status = check_launch();
-    if (status || (!buf.raw && !buf.scaled)) return status;
+    if (status || !maps) return status;
 
-    float* t_raw = buf.raw ? buf.workspace : nullptr;
-    float* t_scaled = buf.scaled ? buf.workspace + (buf.raw ? workspace_floats(geo, classes) : 0) : nullptr;
-    const size_t smem =
-        ((size_t)geo.s * geo.g * classes + (size_t)geo.s * classes + 2 * (size_t)geo.n + 64) * sizeof(float);
-    status = ensure_dynamic_smem(column_pass_kernel<In>, smem);
+    float* baseline = buf.workspace;
+    float* t_raw = buf.raw ? baseline + baseline_floats(classes) : nullptr;
+    float* t_scaled = buf.scaled ? baseline + baseline_floats(classes) + (buf.raw ? column_floats(geo, classes) : 0)
+                                 : nullptr;
+    float* w_cover = buf.scaled ? t_scaled + column_floats(geo, classes) : nullptr;
+    baseline_kernel<<<(classes + 127) / 128, 128, 0, stream>>>(buf.shift_logits, classes, k_count, baseline);
+    status = check_launch();
     if (status) return status;
-    column_pass_kernel<In><<<dim3(geo.g, geo.s), kColumnThreads, smem, stream>>>(logits, buf.shift_logits, classes,
-                                                                                 geo, t_raw, t_scaled);
+    column_pass_kernel<In><<<dim3(geo.g, geo.s), kColumnThreads, smem, stream>>>(
+        logits, buf.shift_logits, classes, baseline, geo, t_raw, t_scaled, w_cover);
     status = check_launch();
     if (status) return status;
 
     const dim3 grid((geo.n + kRowThreads - 1) / kRowThreads, (geo.n + kRowSegment - 1) / kRowSegment, classes);
-    row_pass_kernel<<<grid, kRowThreads, 0, stream>>>(t_raw, t_scaled, geo, buf.raw, buf.scaled);
+    row_pass_kernel<<<grid, kRowThreads, 0, stream>>>(t_raw, t_scaled, w_cover, baseline, geo, buf.raw, buf.scaled);
     return check_launch();
 }
 
@@ -526,6 +564,9 @@ CXR_API const char* cxr_status_string(int status) {
         case CXR_ERR_MISALIGNED: return "output pointer is not aligned for vector stores (16 B float32, 8 B float16)";
         case CXR_ERR_BAD_OVERLAY: return "bad overlay parameters (crop box, display size, overlay count or map index)";
         case CXR_ERR_CUDA: return "CUDA error (see cxr_last_cuda_error_string)";
+        case CXR_ERR_SHARED_MEMORY:
+            return "the column pass needs more shared memory per block than this device allows "
+                   "(cudaDevAttrMaxSharedMemoryPerBlockOptin): fewer classes or steps fit";
         default: return "unknown status";
     }
 }
@@ -534,7 +575,7 @@ CXR_API int cxr_last_cuda_error(void) { return (int)g_last_cuda_error; }
 
 CXR_API const char* cxr_last_cuda_error_string(void) { return cudaGetErrorString(g_last_cuda_error); }
 
-CXR_API int cxr_abi_version(void) { return 1; }
+CXR_API int cxr_abi_version(void) { return 2; }
 
 // sizeof the params structs (0 tile, 1 postprocess, 2 buffers, 3 overlay) so the ctypes
 // mirrors can check their layout at load time.
@@ -561,8 +602,28 @@ CXR_API int cxr_postprocess_workspace_bytes(const cxr_postprocess_params* prm, i
     int status = make_geometry(prm->image_size, prm->patch_size, prm->steps, &geo);
     if (status) return status;
     if (prm->num_classes < 1 || prm->num_classes > CXR_MAX_CLASSES) return CXR_ERR_BAD_CLASSES;
-    *bytes = workspace_floats(geo, prm->num_classes) * sizeof(float) * ((want_raw ? 1 : 0) + (want_scaled ? 1 : 0));
+    *bytes = workspace_floats(geo, prm->num_classes, want_raw != 0, want_scaled != 0) * sizeof(float);
     return CXR_OK;
+}
+
+// Dynamic shared memory per block the column pass needs: S*C*(G+1)*4 bytes (host only).
+CXR_API int cxr_postprocess_shared_bytes(const cxr_postprocess_params* prm, size_t* bytes) {
+    if (!prm || !bytes) return CXR_ERR_NULL_POINTER;
+    Geometry geo;
+    int status = make_geometry(prm->image_size, prm->patch_size, prm->steps, &geo);
+    if (status) return status;
+    if (prm->num_classes < 1 || prm->num_classes > CXR_MAX_CLASSES) return CXR_ERR_BAD_CLASSES;
+    *bytes = column_shared_bytes(geo, prm->num_classes);
+    return CXR_OK;
+}
+
+// cudaDevAttrMaxSharedMemoryPerBlockOptin of the current device; CXR_ERR_CUDA without one.
+CXR_API int cxr_device_shared_memory_optin(int* bytes) {
+    if (!bytes) return CXR_ERR_NULL_POINTER;
+    *bytes = 0;
+    int status = shared_memory_optin(bytes);
+    if (status) cudaGetLastError();  // clear a sticky "no device" error for later calls
+    return status;
 }
 
 CXR_API int cxr_device_count(int* count) {

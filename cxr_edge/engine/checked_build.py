@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cxr_edge.compare import Comparison
 from cxr_edge.engine.manifest import EngineManifest
-from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES
+from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES
 from cxr_edge.quantize import GateSettings
 from cxr_edge.quantize.gate import GateReport
 
@@ -47,7 +47,7 @@ def build_checked_engine(
     calib: str | Path | None = None,
     gate: GateSettings | None = None,
     reference: str | Path | None = None,
-    max_patches: int = DEFAULT_MAX_PATCHES,
+    max_patches: int = DEFAULT_PROFILE_MAX_PATCHES,
     workspace_mb: int = 4096,
     dla_core: int | None = None,
     device: int = 0,
@@ -89,7 +89,7 @@ def build_checked_engine(
     reference_onnx = Path(reference) if reference is not None else onnx
     # only the map images are checked: no need to render the AUROC phantoms again
     map_images = gate_images(replace(gate, phantoms=gate.phantom_maps), metadata, exclude)
-    patches = check_patches(map_images, metadata.patch_size)
+    patches = check_patches(map_images, metadata)
     manifest, comparison = build_engine(
         BuildOptions(
             onnx=source,

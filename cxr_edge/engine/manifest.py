@@ -16,10 +16,9 @@ from cxr_edge.atomic import write_text_atomic
 from cxr_edge.digest import sha256_file
 from cxr_edge.engine.profile import BatchProfile
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.metadata import ModelMetadata
+from cxr_edge.metadata import PRECISIONS, ModelMetadata
 
 MANIFEST_FORMAT = 1
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def manifest_path(plan: str | Path) -> Path:

@@ -12,8 +12,9 @@ from cxr_edge.errors import CxrEdgeError
 
 #: DLA runs a fixed batch and cannot take more than this many patches at once.
 DLA_MAX_BATCH = 4096
-#: Default patches per engine call: 32 shifted copies of 64 patches, ~64 MiB of fp32 input.
-DEFAULT_MAX_PATCHES = 2048
+#: Default largest patch batch of an engine's optimization profile (one engine call): 32 shifted
+#: copies of 64 patches, ~64 MiB of fp32 input.
+DEFAULT_PROFILE_MAX_PATCHES = 2048
 
 
 @dataclass(frozen=True)

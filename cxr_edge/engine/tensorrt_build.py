@@ -23,10 +23,10 @@ from cxr_edge import __version__
 from cxr_edge.atomic import atomic_path, write_bytes_atomic
 from cxr_edge.compare import Comparison
 from cxr_edge.digest import sha256_file
-from cxr_edge.engine.manifest import PRECISIONS, EngineManifest, write_manifest
-from cxr_edge.engine.profile import DEFAULT_MAX_PATCHES, BatchProfile, size_profile
+from cxr_edge.engine.manifest import EngineManifest, write_manifest
+from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES, BatchProfile, size_profile
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.metadata import ModelMetadata
+from cxr_edge.metadata import PRECISIONS, ModelMetadata
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -80,7 +80,7 @@ class BuildOptions:
     onnx: Path
     precision: str
     out: Path
-    max_patches: int = DEFAULT_MAX_PATCHES
+    max_patches: int = DEFAULT_PROFILE_MAX_PATCHES
     workspace_mb: int = 4096
     dla_core: int | None = None
     timing_cache: Path | None = None

@@ -1,10 +1,15 @@
-"""PNG / JPEG (and other raster formats OpenCV reads) -> the reference's 8-bit "L" pixels.
+"""PNG / JPEG -> the reference's 8-bit "L" pixels, refusing bombs and corrupt data.
 
 Decoded with OpenCV ``IMREAD_UNCHANGED`` so that, like ``PIL.Image.open``, no EXIF rotation is
 applied and 16-bit samples and alpha arrive untouched; then :mod:`cxr_edge.io.gray` makes the
 PIL-exact "L" image. PNG results are bit-exact with PIL. JPEG goes through OpenCV's libjpeg
 (-turbo) rather than PIL's; both use the default integer IDCT and fancy upsampling, so results
 agree on the files we checked, but a different libjpeg build may differ by a grey level.
+
+Before decoding, the header's size is checked against the input budget (``cxr_edge.io.budget``);
+while decoding, what libjpeg/libpng print is caught (``cxr_edge.io.decoder_messages``): a
+warning about corrupt or premature data is a refusal, never a grey-padded image. TIFF, BMP and
+WebP are recognised only to be refused by name (the runtime takes PNG, JPEG and DICOM).
 """
 
 from __future__ import annotations
@@ -15,7 +20,12 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.io.budget import InputBudget, jpeg_size, png_size
+from cxr_edge.io.decoder_messages import corruption_messages, native_stderr
 from cxr_edge.io.gray import opencv_to_l
+
+#: Raster formats decoded; others that ``raster_format`` recognises are refused by name.
+SUPPORTED_RASTER_FORMATS = ("png", "jpeg")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -46,25 +56,59 @@ def _check_complete(path: Path, data: bytes, fmt: str) -> None:
         raise CxrEdgeError(path, "truncated JPEG (no end-of-image marker after the last scan)")
 
 
-def decode_raster(path: Path, data: bytes, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode an encoded raster image to ``(h, w) uint8`` "L" plus safe facts about it."""
+def _one_line(text: str, limit: int = 160) -> str:
+    """A decoder message as one short line (control characters dropped)."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode_raster(
+    path: Path, data: bytes, fmt: str, budget: InputBudget | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a PNG or JPEG to ``(h, w) uint8`` "L" plus safe facts about it.
+
+    Refuses (CxrEdgeError): other formats, a header over ``budget``, truncated files, and any
+    decoder error or corruption warning (quoted as the one-line cause).
+    """
     import cv2
 
+    budget = budget or InputBudget()
+    if fmt not in SUPPORTED_RASTER_FORMATS:
+        raise CxrEdgeError(path, f"{fmt.upper()} is not supported: give PNG, JPEG or DICOM")
+    width, height = png_size(path, data) if fmt == "png" else jpeg_size(path, data)
+    budget.check_pixels(path, width, height, what=fmt.upper())
     _check_complete(path, data, fmt)
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    with native_stderr() as messages:
+        try:
+            decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            decoded = None
+            exception_text = _one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        else:
+            exception_text = ""
+    corrupt = corruption_messages(fmt, messages)
     if decoded is None or decoded.size == 0:
-        raise CxrEdgeError(path, f"cannot decode {fmt.upper()} data (corrupt or truncated file)")
+        cause = corrupt[0] if corrupt else exception_text or "corrupt or truncated file"
+        raise CxrEdgeError(path, f"cannot decode {fmt.upper()} data ({_one_line(cause)})")
+    if corrupt:
+        raise CxrEdgeError(path, f"corrupt {fmt.upper()} data, refused ({_one_line(corrupt[0])})")
+    if decoded.shape[:2] != (height, width):
+        raise CxrEdgeError(
+            path, f"decoded {decoded.shape[1]} x {decoded.shape[0]} pixels, header says {width} x {height}"
+        )
     if decoded.dtype not in (np.uint8, np.uint16):
         raise CxrEdgeError(path, f"unsupported {fmt.upper()} sample type {decoded.dtype}")
     channels = 1 if decoded.ndim == 2 else int(decoded.shape[2])
     if channels not in (1, 3, 4):
         raise CxrEdgeError(path, f"unsupported {fmt.upper()} with {channels} channels")
     gray = opencv_to_l(decoded)
-    info = {
+    info: dict[str, Any] = {
         "format": fmt,
         "bits": 8 * decoded.dtype.itemsize,
         "channels": channels,
         "width": int(gray.shape[1]),
         "height": int(gray.shape[0]),
     }
+    if messages:  # harmless ones only (ancillary PNG chunks): kept as facts, not printed
+        info["decoder_warnings"] = [_one_line(m) for m in messages]
     return np.ascontiguousarray(gray), info

@@ -51,3 +51,13 @@ def scope_problem(ds: Any) -> str | None:
     if view in NON_FRONTAL_VIEWS:
         return f"not a frontal view: ViewPosition is {view}"
     return None
+
+
+def header_scope(ds: Any) -> str:
+    """ "header" when the header positively says frontal chest radiograph (Modality CR/DX, a
+    chest BodyPartExamined, no lateral/oblique view), else "unverified" (silent header)."""
+    modality = _text(ds, "Modality").upper()
+    body_part = _text(ds, "BodyPartExamined")
+    if modality in RADIOGRAPH_MODALITIES and _CHEST_WORDS.search(body_part) and scope_problem(ds) is None:
+        return "header"
+    return "unverified"

@@ -21,12 +21,13 @@ from cxr_edge.calibration import (
 )
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.metadata import ModelMetadata, write_onnx_metadata
+from cxr_edge.metadata import PRECISIONS, ModelMetadata, write_onnx_metadata
 from cxr_edge.quantize.gate import GateImage, GateReport, phantom_gate_images, real_gate_images, run_gate
 from cxr_edge.quantize.int8 import Int8Options, quantize_int8
 from cxr_edge.quantize.qdq_census import qdq_census
 
-PRECISIONS = ("int8", "fp16")
+#: Precisions a float32 export can be turned into.
+REDUCED_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp32")
 
 
 class GateFailed(CxrEdgeError):
@@ -89,7 +90,7 @@ def gate_images(settings: GateSettings, metadata: ModelMetadata, exclude_sha: se
                 break
             if sha256_file(path) not in exclude_sha:
                 real.append(path)
-    images = real_gate_images(real, metadata.image_size)
+    images = real_gate_images(real)
     if settings.phantoms:
         images += phantom_gate_images(
             settings.phantoms, metadata.image_size, metadata.labels, settings.phantom_maps
@@ -118,8 +119,8 @@ def make_precision_onnx(
     import onnx
 
     onnx_in, out = Path(onnx_in), Path(out)
-    if precision not in PRECISIONS:
-        raise CxrEdgeError(None, f"unknown --precision {precision!r}; use int8 or fp16")
+    if precision not in REDUCED_PRECISIONS:
+        raise CxrEdgeError(None, f"unknown --precision {precision!r}; use {' or '.join(REDUCED_PRECISIONS)}")
     metadata = ModelMetadata.from_onnx(onnx_in)
     if metadata.precision != "fp32":
         raise CxrEdgeError(onnx_in, f"is already {metadata.precision}; quantize the float32 export")

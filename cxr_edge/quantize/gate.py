@@ -1,6 +1,7 @@
 """Accuracy gate: a reduced-precision ONNX against its float32 source, on held-out images.
 
-Measures (both models through ONNX Runtime on the CPU):
+Both models run through the pipeline (``CxrEdge`` on ONNX Runtime, CPU), exactly like ``infer``.
+Measures:
 - image logits (mean of the 64 unshifted patch logits) of every gate image, compared element by
   element with ``cxr_edge.compare`` at the candidate precision's tolerance (``BY_PRECISION``);
 - per-class AUROC difference on labelled phantoms (classes with both outcomes present);
@@ -13,11 +14,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxr_edge.compare import BY_PRECISION, Comparison, compare
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.evaluate.metrics import auroc
+
+if TYPE_CHECKING:
+    from cxr_edge.backends.base import PatchBackend
+    from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.pipeline import CxrEdge
 
 GATE_STEPS = 4
 #: Shift grid of the patches a TensorRT plan is checked on (``check_patches``).
@@ -30,11 +38,12 @@ HELDOUT_PHANTOM_SEED = 7_000_000
 
 @dataclass(frozen=True)
 class GateImage:
-    """A preprocessed ``(S, S) float32 in [0, 1]`` image; ``labels`` ``(C,)`` 0/1 or None; ``maps``:
-    whether the (costlier) S=4 map comparison runs on it."""
+    """An X-ray for the gate: a path or an ``(h, w) uint8`` array, as ``CxrEdge.predict`` takes it;
+    ``labels`` ``(C,)`` 0/1 (-1 unknown) or None; ``maps``: whether the (costlier) S=4 map
+    comparison runs on it."""
 
     name: str
-    image: np.ndarray
+    image: str | Path | np.ndarray
     labels: np.ndarray | None
     maps: bool
 
@@ -106,18 +115,6 @@ class GateReport:
         return out
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the Mann-Whitney U statistic (ties count one half); NaN if one class."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -127,69 +124,51 @@ def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def phantom_gate_images(count: int, image_size: int, labels: tuple[str, ...], maps: int) -> list[GateImage]:
-    """Held-out labelled phantoms (seeds from HELDOUT_PHANTOM_SEED), preprocessed like ``infer``."""
+    """Held-out labelled phantoms (seeds from HELDOUT_PHANTOM_SEED), the first ``maps`` with maps."""
     from cxr_edge.phantoms import render_phantom
-    from cxr_edge.preprocess import preprocess
 
     images = []
     for index in range(count):
         phantom = render_phantom(HELDOUT_PHANTOM_SEED + index, size=image_size)
         vector = np.array([phantom.labels.get(name, -1) for name in labels], dtype=np.float32)
-        prepared = preprocess(phantom.image, image_size).image
-        images.append(GateImage(f"phantom:{phantom.seed}", prepared, vector, index < maps))
+        images.append(GateImage(f"phantom:{phantom.seed}", phantom.image, vector, index < maps))
     return images
 
 
-def real_gate_images(paths: list[Path], image_size: int) -> list[GateImage]:
+def real_gate_images(paths: list[Path]) -> list[GateImage]:
     """Held-out real X-rays (no labels used), all compared on maps."""
-    from cxr_edge.io import load_xray
-    from cxr_edge.preprocess import preprocess
-
-    return [
-        GateImage(str(p), preprocess(load_xray(p).pixels, image_size, path=str(p)).image, None, True)
-        for p in paths
-    ]
+    return [GateImage(str(p), p, None, True) for p in paths]
 
 
-def _image_logits_and_maps(
-    backend: object, image: GateImage, steps: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    from cxr_edge.postprocess import smooth_maps
+def _image_logits_and_maps(edge: CxrEdge, image: GateImage) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image logits ``(C,)`` and, for map images, the S=4 scaled maps ``(C, N, N)``."""
+    prediction = edge.predict(image.image, steps=GATE_STEPS if image.maps else 1)
+    return prediction.maps.logits, prediction.maps.scaled if image.maps else None
+
+
+def check_patches(images: list[GateImage], metadata: ModelMetadata) -> np.ndarray:
+    """The S=2 shifted copies of every map image, ``(4 * images * 64, 1, P, P) float32``, prepared
+    like ``infer``: what a TensorRT plan is checked on (zero-padded patches included)."""
+    from cxr_edge.pipeline import prepare_image
     from cxr_edge.tile import shift_pairs, tile_shifts
 
-    meta = backend.metadata  # type: ignore[attr-defined]
-    run = backend.run  # type: ignore[attr-defined]
-    per_copy = meta.patches_per_image
-    if not image.maps:
-        patches = tile_shifts(image.image, np.zeros((1, 2), np.int64), meta.patch_size)
-        return run(patches).mean(axis=0), None
-    pairs = shift_pairs(steps, meta.patch_size)
-    logits = run(tile_shifts(image.image, pairs, meta.patch_size))
-    k0 = int(np.flatnonzero((pairs == 0).all(axis=1))[0])
-    _, scaled = smooth_maps(logits, steps, meta.image_size, meta.patch_size)
-    return logits[k0 * per_copy : (k0 + 1) * per_copy].mean(axis=0), scaled
-
-
-def check_patches(images: list[GateImage], patch_size: int) -> np.ndarray:
-    """The S=2 shifted copies of every map image, ``(4 * images * 64, 1, P, P) float32``: what a
-    TensorRT plan is checked on (zero-padded patches included, as the runtime feeds them)."""
-    from cxr_edge.tile import shift_pairs, tile_shifts
-
-    pairs = shift_pairs(CHECK_STEPS, patch_size)
+    pairs = shift_pairs(CHECK_STEPS, metadata.patch_size)
     chosen = [image for image in images if image.maps]
     if not chosen:
         raise CxrEdgeError(None, "the plan check needs at least one held-out image with maps")
-    return np.concatenate([tile_shifts(image.image, pairs, patch_size) for image in chosen])
+    return np.concatenate(
+        [tile_shifts(prepare_image(i.image, metadata).model_input, pairs, metadata.patch_size) for i in chosen]
+    )
 
 
-def _median_seconds(backends: list[object], patches: np.ndarray, repeats: int) -> list[float]:
+def _median_seconds(backends: list[PatchBackend], patches: np.ndarray, repeats: int) -> list[float]:
     times: list[list[float]] = [[] for _ in backends]
     for backend in backends:
-        backend.run(patches[: min(len(patches), 64)])  # type: ignore[attr-defined]  # warm-up
+        backend.run(patches[: min(len(patches), 64)])  # warm-up
     for _ in range(repeats):
         for index, backend in enumerate(backends):  # interleaved: load on the shared CPU hits both
             start = time.perf_counter()
-            backend.run(patches)  # type: ignore[attr-defined]
+            backend.run(patches)
             times[index].append(time.perf_counter() - start)
     return [float(np.median(t)) for t in times]
 
@@ -204,16 +183,17 @@ def run_gate(
 ) -> GateReport:
     """Compare ``candidate_onnx`` with ``fp32_onnx`` on ``images``; time both on one patch batch."""
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
+    from cxr_edge.pipeline import CxrEdge
 
     if not images:
         raise CxrEdgeError(None, "the accuracy gate needs at least one held-out image")
-    reference = OnnxRuntimeBackend(fp32_onnx, threads=threads)
-    candidate = OnnxRuntimeBackend(candidate_onnx, threads=threads)
+    reference = CxrEdge(OnnxRuntimeBackend(fp32_onnx, threads=threads), fp32_onnx)
+    candidate = CxrEdge(OnnxRuntimeBackend(candidate_onnx, threads=threads), candidate_onnx)
     labels = reference.metadata.labels
     ref_logits, cand_logits, map_r = [], [], {}
     for image in images:
-        ref_l, ref_map = _image_logits_and_maps(reference, image, GATE_STEPS)
-        cand_l, cand_map = _image_logits_and_maps(candidate, image, GATE_STEPS)
+        ref_l, ref_map = _image_logits_and_maps(reference, image)
+        cand_l, cand_map = _image_logits_and_maps(candidate, image)
         ref_logits.append(ref_l)
         cand_logits.append(cand_l)
         if ref_map is not None and cand_map is not None:
@@ -226,8 +206,8 @@ def run_gate(
         targets = np.array([images[i].labels for i in labelled])
         for c, name in enumerate(labels):
             known = targets[:, c] >= 0
-            a_ref = auroc(ref_arr[labelled][known, c], targets[known, c])
-            a_cand = auroc(cand_arr[labelled][known, c], targets[known, c])
+            a_ref = auroc(targets[known, c], ref_arr[labelled][known, c])
+            a_cand = auroc(targets[known, c], cand_arr[labelled][known, c])
             if np.isfinite(a_ref) and np.isfinite(a_cand):
                 auroc_diff[name] = abs(a_cand - a_ref)
 
@@ -242,9 +222,10 @@ def run_gate(
         from cxr_edge.tile import shift_pairs, tile_shifts
 
         meta = reference.metadata
-        batch = tile_shifts(images[0].image, shift_pairs(2, meta.patch_size), meta.patch_size)
+        prepared = reference.prepare(images[0].image)
+        batch = tile_shifts(prepared.model_input, shift_pairs(2, meta.patch_size), meta.patch_size)
         report.seconds_fp32, report.seconds_candidate = _median_seconds(
-            [reference, candidate], batch, speed_repeats
+            [reference.backend, candidate.backend], batch, speed_repeats
         )
         report.speed_patches = len(batch)
     return report

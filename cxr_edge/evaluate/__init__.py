@@ -1,0 +1,1 @@
+"""``cxr-edge eval``'s library: metrics (``metrics``), datasets (``datasets``) and the loop (``loop``)."""

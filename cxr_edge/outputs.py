@@ -1,0 +1,346 @@
+"""The result files of one image, defined and written in one place, and never clobbering.
+
+For an image with output stem ``STEM`` in ``OutputOptions.directory``:
+
+- ``STEM.json``: the report (``cxr_edge.report.build_report``) plus ``result_files``, the names
+  of the other files of the set; written last: it is the set's commit marker;
+- ``STEM.<finding-slug>.png``: one overlay per shown finding (``overlays``), e.g.
+  ``chest.pleural-effusion.png`` (``cxr_edge.render.finding_overlay``: the X-ray with a banner
+  strip above and a legend strip below, so taller than the X-ray);
+- ``STEM.maps.npz`` (``maps``): ``logits``, ``probabilities`` (C,), ``raw``, ``scaled``
+  (C, N, N) float32 in logit units (model frame), ``labels`` (C,) str, ``steps``.
+
+All-or-nothing: everything is rendered in memory first; then a journal ``.STEM.pending``
+(the names about to change) is written, the old ``STEM.json`` removed (the old set is no longer
+committed), old files not in the new set removed, each new file written atomically
+(``cxr_edge.atomic``) and ``STEM.json`` last; then the journal goes. A set whose JSON is missing
+is incomplete: ``recover_directory`` (run under the folder's lock before a batch writes) removes
+the files its journal names, and every stale ``.part`` file.
+
+Never clobbering: a file is overwritten only if it belongs to the same stem's previous set
+(listed in its JSON or journal); any other existing file in the way is an error. Stems are unique
+per batch (``output_stems``: same names from different folders get a hash of their path) and
+short enough for every name derived from them to fit the file system's 255 bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
+from cxr_edge.errors import CxrEdgeError
+from cxr_edge.postprocess import check_map_kind
+from cxr_edge.prediction import Prediction
+
+if TYPE_CHECKING:
+    from cxr_edge.pipeline import Predictor
+
+#: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
+MAX_NAME_BYTES = 255
+#: What ``cxr_edge.atomic`` adds around a name for its temporary file: "." + name + ".XXXXXXXX.part".
+_TEMP_OVERHEAD = len(".") + len(".XXXXXXXX.part")
+JOURNAL_SUFFIX = ".pending"
+LOCK_NAME = ".cxr-edge.lock"
+_HASH_CHARS = 8
+#: Temporary names of ``cxr_edge.atomic``: "." + final name + "." + 8 random characters + ".part".
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write for each image, and where.
+
+    directory: output folder; overlays: one PNG per shown finding; map_kind: the map drawn
+    and summarised in the report ("raw" | "scaled"); findings: labels to show (None: the
+    prediction's ``reported_labels()``); maps: write ``STEM.maps.npz``; center: the overlays'
+    neutral colour, "threshold" (the decision threshold) or "zero" (logit 0, the paper's).
+    """
+
+    directory: Path
+    overlays: bool = False
+    map_kind: str = "scaled"
+    findings: tuple[str, ...] | None = None
+    maps: bool = False
+    center: str = "threshold"
+
+    def __post_init__(self) -> None:
+        from cxr_edge.render import check_center
+
+        check_map_kind(self.map_kind)
+        check_center(self.center, "--center")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's prediction, its report dict, the labels shown and the files written."""
+
+    prediction: Prediction
+    report: dict[str, Any]
+    shown: tuple[str, ...]
+    files: tuple[Path, ...]
+
+
+def label_slug(label: str) -> str:
+    """File-name-safe form of a label: "Pleural Effusion" -> "pleural-effusion"."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "finding"
+
+
+def label_slugs(labels: Sequence[str]) -> dict[str, str]:
+    """label -> slug, unique within the model (a clash gets "-2", "-3", ... in label order)."""
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for label in labels:
+        slug = base = label_slug(label)
+        n = 1
+        while slug in used:
+            n += 1
+            slug = f"{base}-{n}"
+        used.add(slug)
+        out[label] = slug
+    return out
+
+
+def _suffixes(labels: Sequence[str]) -> list[str]:
+    """Every name ending a stem can get: JSON, maps, one overlay per label."""
+    return [".json", ".maps.npz", *(f".{s}.png" for s in label_slugs(labels).values())]
+
+
+def max_stem_bytes(labels: Sequence[str]) -> int:
+    """The longest stem (UTF-8 bytes) whose every derived name, and its temporary and journal
+    names, fit in ``MAX_NAME_BYTES``."""
+    longest = max(len(s.encode()) for s in [*_suffixes(labels), JOURNAL_SUFFIX])
+    return MAX_NAME_BYTES - longest - _TEMP_OVERHEAD - len(".")
+
+
+def _path_hash(path: Path, chars: int = _HASH_CHARS) -> str:
+    key = os.fsencode(os.path.abspath(path))
+    return hashlib.sha256(key).hexdigest()[:chars]
+
+
+def _clean_stem(stem: str) -> str:
+    """Control and format characters (escape codes, bidi overrides) become "_" in file names."""
+    import unicodedata
+
+    cleaned = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Cs") else ch for ch in stem)
+    return cleaned.lstrip(".") or "image"
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    data = text.encode("utf-8", errors="surrogateescape")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", errors="ignore")
+
+
+def output_stems(files: Sequence[Path], labels: Sequence[str] = ()) -> list[str]:
+    """Output name stem per input, unique within the batch and stable across runs.
+
+    The file's stem (control characters replaced), unless two inputs share it (compared
+    case-insensitively, for case-insensitive file systems): then each of them gets
+    ``STEM-<8 hex of sha256(absolute path)>``. A stem too long for ``max_stem_bytes(labels)``
+    is cut and gets the hash as well. ``a/chest.png b/chest.png c/chest-2.png`` -> ``chest-1f0c...``,
+    ``chest-9a3e...``, ``chest-2``.
+    """
+    limit = max_stem_bytes(labels or ("x" * 40,)) - 1 - 2 * _HASH_CHARS
+    bases = []
+    for path in files:
+        stem = _clean_stem(path.stem)
+        short = _truncate_utf8(stem, limit)
+        bases.append((short, short != stem))
+    folded = [b.casefold() for b, _ in bases]
+    stems = []
+    for path, (base, was_cut) in zip(files, bases):
+        shared = folded.count(base.casefold()) > 1
+        stems.append(f"{base}-{_path_hash(path)}" if shared or was_cut else base)
+    # A plain stem could still equal another input's hashed one (or two hashes collide):
+    # lengthen the hash of every clashing entry until all differ.
+    chars = _HASH_CHARS
+    while len({s.casefold() for s in stems}) < len(stems) and chars < 64:
+        chars *= 2
+        seen: dict[str, int] = {}
+        for s in stems:
+            seen[s.casefold()] = seen.get(s.casefold(), 0) + 1
+        stems = [
+            f"{bases[i][0]}-{_path_hash(p, chars)}" if seen[s.casefold()] > 1 else s
+            for i, (p, s) in enumerate(zip(files, stems))
+        ]
+    return stems
+
+
+def maps_npz_bytes(prediction: Prediction) -> bytes:
+    """The ``STEM.maps.npz`` file's bytes (see the module docstring)."""
+    m = prediction.maps
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        logits=np.asarray(m.logits, dtype=np.float32),
+        probabilities=np.asarray(m.probabilities, dtype=np.float32),
+        raw=np.asarray(m.raw, dtype=np.float32),
+        scaled=np.asarray(m.scaled, dtype=np.float32),
+        labels=np.array(prediction.labels),
+        steps=np.int64(prediction.steps),
+    )
+    return buf.getvalue()
+
+
+def _plain_name(name: object) -> str | None:
+    """A bare file name from a JSON/journal entry, or None for anything that is not one."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    return name
+
+
+def committed_files(directory: Path, stem: str) -> list[str]:
+    """Names of the files of ``stem``'s committed set (its JSON first), or [] without one."""
+    report_path = directory / f"{stem}.json"
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return []
+    listed = report.get("result_files") if isinstance(report, dict) else None
+    names = [n for n in (_plain_name(x) for x in (listed or [])) if n]
+    return [report_path.name, *names]
+
+
+def _journal(directory: Path, stem: str) -> Path:
+    return directory / f".{stem}{JOURNAL_SUFFIX}"
+
+
+def _read_journal(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [n for n in (_plain_name(x) for x in lines) if n]
+
+
+def recover_directory(directory: Path) -> list[str]:
+    """Finish what an interrupted writer left: remove the files of every incomplete set (a
+    journal without its JSON), the journals, and every stale ``.part`` file. Call only while
+    holding ``locked_directory``. Returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(JOURNAL_SUFFIX):
+            names = _read_journal(Path(entry.path))
+            committed = bool(names) and (directory / names[0]).exists()
+            if not committed:
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / name).unlink()
+                        removed.append(name)
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    for entry in entries:
+        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+@contextlib.contextmanager
+def locked_directory(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.cxr-edge.lock`` exclusively (``fcntl.flock``): one writer per folder,
+    and a crashed writer's lock goes with its process. CxrEdgeError when another holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, recovery still runs
+        yield
+        return
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CxrEdgeError(directory, "--out: another cxr-edge run is writing to this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_not_clobbering(directory: Path, names: Sequence[str], ours: set[str]) -> None:
+    for name in names:
+        path = directory / name
+        if name not in ours and (path.exists() or path.is_symlink()):
+            raise CxrEdgeError(
+                path,
+                "exists and is not a result of this image; refusing to overwrite it (choose another --out)",
+            )
+
+
+def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) -> ImageResult:
+    """Render and write the result files of one prediction, all or nothing (module docstring)."""
+    from cxr_edge.render import encode_png, finding_overlay
+    from cxr_edge.report import build_report, report_json
+
+    directory = options.directory
+    shown = tuple(options.findings) if options.findings is not None else tuple(prediction.reported_labels())
+    slugs = label_slugs(prediction.labels)
+    staged: list[tuple[str, bytes]] = []
+    t0 = time.perf_counter()
+    if options.overlays:
+        for label in shown:
+            rgb = finding_overlay(prediction, label, options.map_kind, center=options.center)
+            staged.append((f"{stem}.{slugs[label]}.png", encode_png(rgb)))
+    render_ms = (time.perf_counter() - t0) * 1e3
+    overlay_names = [name for name, _ in staged]
+    if options.maps:
+        staged.append((f"{stem}.maps.npz", maps_npz_bytes(prediction)))
+    report = build_report(
+        prediction, options.map_kind, overlays=overlay_names, extra_timings_ms={"render": render_ms}
+    )
+    report["result_files"] = [name for name, _ in staged]
+    text = report_json(report)
+    report_name = f"{stem}.json"
+
+    journal = _journal(directory, stem)
+    old = [*committed_files(directory, stem), *_read_journal(journal)]
+    new = [report_name, *(name for name, _ in staged)]
+    _check_not_clobbering(directory, new, set(old))
+    # The journal names the JSON first: recovery keeps a set whose JSON exists.
+    write_text_atomic(journal, "\n".join(dict.fromkeys([report_name, *new, *old])) + "\n")
+    try:
+        (directory / report_name).unlink(missing_ok=True)  # the old set is no longer committed
+        for name in set(old) - set(new):
+            (directory / name).unlink(missing_ok=True)
+        for name, data in staged:
+            write_bytes_atomic(directory / name, data)
+        write_text_atomic(directory / report_name, text)
+    except BaseException:
+        # A failed write (disk full, Ctrl-C) leaves nothing of this image: undo by the journal.
+        for name in _read_journal(journal):
+            (directory / name).unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
+        raise
+    journal.unlink(missing_ok=True)
+    files = (*(directory / name for name, _ in staged), directory / report_name)
+    return ImageResult(prediction, report, shown, files)
+
+
+def infer_to_files(
+    edge: Predictor,
+    image: str | Path,
+    stem: str,
+    options: OutputOptions,
+    steps: int,
+    allow_non_chest: bool = False,
+) -> ImageResult:
+    """Predict one image with ``edge`` (in-process ``CxrEdge`` or a Triton server's
+    ``TritonCxrEdge``) and write its result set: ``infer``'s unit of work."""
+    prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
+    return write_result_set(prediction, stem, options)
