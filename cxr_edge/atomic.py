@@ -13,11 +13,23 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's (or a folder's) data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it onto ``final``.
 
     On any exception the temporary file is removed and ``final`` is left untouched.
+    durable: fsync the file before the rename and the folder after it, so that once this
+    returns, ``final`` survives a power cut or a kill -9 (what a DICOM node must promise before
+    it answers "stored").
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -27,16 +39,20 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if durable:
+            fsync_path(tmp_path)
         os.replace(tmp_path, final)
+        if durable:
+            fsync_path(final.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_bytes_atomic(final: str | Path, data: bytes) -> None:
-    with atomic_path(final) as tmp:
+def write_bytes_atomic(final: str | Path, data: bytes, durable: bool = False) -> None:
+    with atomic_path(final, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text_atomic(final: str | Path, text: str) -> None:
-    with atomic_path(final) as tmp:
+def write_text_atomic(final: str | Path, text: str, durable: bool = False) -> None:
+    with atomic_path(final, durable=durable) as tmp:
         tmp.write_text(text)

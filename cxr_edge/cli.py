@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from cxr_edge import __version__
-from cxr_edge.commands import build_engine, evaluate, export, export_triton, infer, quantize
+from cxr_edge.commands import build_engine, evaluate, export, export_triton, infer, quantize, serve_dicom
 
 app = typer.Typer(
     name="cxr-edge",
@@ -38,5 +38,5 @@ def main(
     """Edge runtime for MedicalPatchNet."""
 
 
-for _module in (infer, export, evaluate, quantize, build_engine, export_triton):
+for _module in (infer, export, evaluate, quantize, build_engine, export_triton, serve_dicom):
     _module.register(app)

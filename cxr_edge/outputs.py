@@ -8,7 +8,10 @@ For an image with output stem ``STEM`` in ``OutputOptions.directory``:
   ``chest.pleural-effusion.png`` (``cxr_edge.render.finding_overlay``: the X-ray with a banner
   strip above and a legend strip below, so taller than the X-ray);
 - ``STEM.maps.npz`` (``maps``): ``logits``, ``probabilities`` (C,), ``raw``, ``scaled``
-  (C, N, N) float32 in logit units (model frame), ``labels`` (C,) str, ``steps``.
+  (C, N, N) float32 in logit units (model frame), ``labels`` (C,) str, ``steps``;
+- ``STEM.<finding-slug>.sc.dcm`` and ``STEM.sr.dcm`` (``dicom``, DICOM inputs only): a Secondary
+  Capture of each shown finding's overlay and the Structured Report of all findings, filed in
+  the source image's study (``cxr_edge.dicom_results``; docs/dicom.md).
 
 All-or-nothing: everything is rendered in memory first; then a journal ``.STEM.pending``
 (the names about to change) is written, the old ``STEM.json`` removed (the old set is no longer
@@ -32,7 +35,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +48,7 @@ from cxr_edge.postprocess import check_map_kind
 from cxr_edge.prediction import Prediction
 
 if TYPE_CHECKING:
+    from cxr_edge.dicom_results import DicomResult
     from cxr_edge.pipeline import Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
@@ -65,7 +69,8 @@ class OutputOptions:
     directory: output folder; overlays: one PNG per shown finding; map_kind: the map drawn
     and summarised in the report ("raw" | "scaled"); findings: labels to show (None: the
     prediction's ``reported_labels()``); maps: write ``STEM.maps.npz``; center: the overlays'
-    neutral colour, "threshold" (the decision threshold) or "zero" (logit 0, the paper's).
+    neutral colour, "threshold" (the decision threshold) or "zero" (logit 0, the paper's);
+    dicom: write the DICOM results (an SC per shown finding + the SR; DICOM inputs only).
     """
 
     directory: Path
@@ -74,6 +79,7 @@ class OutputOptions:
     findings: tuple[str, ...] | None = None
     maps: bool = False
     center: str = "threshold"
+    dicom: bool = False
 
     def __post_init__(self) -> None:
         from cxr_edge.render import check_center
@@ -114,7 +120,8 @@ def label_slugs(labels: Sequence[str]) -> dict[str, str]:
 
 def _suffixes(labels: Sequence[str]) -> list[str]:
     """Every name ending a stem can get: JSON, maps, one overlay per label."""
-    return [".json", ".maps.npz", *(f".{s}.png" for s in label_slugs(labels).values())]
+    slugs = label_slugs(labels).values()
+    return [".json", ".maps.npz", ".sr.dcm", *(f".{s}.png" for s in slugs), *(f".{s}.sc.dcm" for s in slugs)]
 
 
 def max_stem_bytes(labels: Sequence[str]) -> int:
@@ -283,6 +290,53 @@ def _check_not_clobbering(directory: Path, names: Sequence[str], ours: set[str])
             )
 
 
+def dicom_file_name(stem: str, result: DicomResult, slugs: Mapping[str, str]) -> str:
+    """``STEM.<finding-slug>.sc.dcm`` for an overlay's Secondary Capture, ``STEM.sr.dcm`` for the SR;
+    slugs: ``label_slugs`` of the model's labels."""
+    return f"{stem}.{slugs[result.label]}.sc.dcm" if result.kind == "sc" else f"{stem}.sr.dcm"
+
+
+def _dicom_source(prediction: Prediction) -> str:
+    """The DICOM file a prediction was made from; CxrEdgeError for any other input."""
+    if prediction.source != "dicom" or prediction.image is None:
+        raise CxrEdgeError(
+            prediction.image, "--dicom-out needs a DICOM input (results are filed in its study)"
+        )
+    return prediction.image
+
+
+def write_dicom_results(
+    prediction: Prediction,
+    source: str | Path | Any,
+    directory: str | Path,
+    overlays: Mapping[str, np.ndarray],
+    map_kind: str = "scaled",
+    stem: str | None = None,
+) -> list[Path]:
+    """Build the SC(s) and SR of ``prediction`` and write them into ``directory``; their paths.
+
+    source: the DICOM file the prediction was made from, or its pydicom Dataset; overlays:
+    label -> (h, w, 3) uint8 RGB overlay (``cxr_edge.render.finding_overlay``) to file as a
+    Secondary Capture; stem: file name stem (default: the source file's stem, or its SOP
+    Instance UID). Everything is built before the first file is written; each file is written
+    atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
+    image's all-or-nothing result set.)
+    """
+    from cxr_edge.dicom_results import build_dicom_results, read_source
+
+    dataset = read_source(source)
+    if stem is None:
+        stem = Path(source).stem if isinstance(source, (str, Path)) else str(dataset.SOPInstanceUID)
+    results = build_dicom_results(prediction, dataset, overlays, map_kind)
+    slugs = label_slugs(prediction.labels)
+    paths = []
+    for result in results:
+        path = Path(directory) / dicom_file_name(stem, result, slugs)
+        write_bytes_atomic(path, result.data)
+        paths.append(path)
+    return paths
+
+
 def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) -> ImageResult:
     """Render and write the result files of one prediction, all or nothing (module docstring)."""
     from cxr_edge.render import encode_png, finding_overlay
@@ -291,19 +345,36 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
     directory = options.directory
     shown = tuple(options.findings) if options.findings is not None else tuple(prediction.reported_labels())
     slugs = label_slugs(prediction.labels)
+    source = _dicom_source(prediction) if options.dicom else None  # refused before any rendering
     staged: list[tuple[str, bytes]] = []
     t0 = time.perf_counter()
+    rendered = (
+        {
+            label: finding_overlay(prediction, label, options.map_kind, center=options.center)
+            for label in shown
+        }
+        if options.overlays or options.dicom
+        else {}
+    )
     if options.overlays:
-        for label in shown:
-            rgb = finding_overlay(prediction, label, options.map_kind, center=options.center)
+        for label, rgb in rendered.items():
             staged.append((f"{stem}.{slugs[label]}.png", encode_png(rgb)))
     render_ms = (time.perf_counter() - t0) * 1e3
     overlay_names = [name for name, _ in staged]
     if options.maps:
         staged.append((f"{stem}.maps.npz", maps_npz_bytes(prediction)))
+    dicom_names: list[str] = []
+    if source is not None:
+        from cxr_edge.dicom_results import build_dicom_results, read_source
+
+        for result in build_dicom_results(prediction, read_source(source), rendered, options.map_kind):
+            dicom_names.append(dicom_file_name(stem, result, slugs))
+            staged.append((dicom_names[-1], result.data))
     report = build_report(
         prediction, options.map_kind, overlays=overlay_names, extra_timings_ms={"render": render_ms}
     )
+    if options.dicom:
+        report["dicom"] = dicom_names
     report["result_files"] = [name for name, _ in staged]
     text = report_json(report)
     report_name = f"{stem}.json"

@@ -160,6 +160,14 @@ def register(app: typer.Typer) -> None:
                 "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
             ),
         ] = None,
+        dicom_out: Annotated[
+            bool,
+            typer.Option(
+                "--dicom-out",
+                help="DICOM inputs: also write OUT/<stem>.<finding>.sc.dcm (Secondary Capture of each overlay) "
+                "and OUT/<stem>.sr.dcm (Structured Report of all findings), filed in the source's study.",
+            ),
+        ] = False,
     ) -> None:
         """Classify chest X-rays and explain each finding with a shift-averaged patch saliency map.
 
@@ -197,7 +205,7 @@ def register(app: typer.Typer) -> None:
                 edge = CxrEdge.load(model, threads=threads)
             edge.input_budget = budget
             options = OutputOptions(
-                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center
+                out, overlay, map_kind, parse_findings(findings, edge.metadata), save_maps, center, dicom_out
             )
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)

@@ -45,18 +45,21 @@ _quiet = threading.local()
 
 
 class _MuteOwnReads(logging.Filter):
-    """Drops pydicom log records emitted while this thread is inside :func:`_pydicom_muted`."""
+    """Drops pydicom/highdicom log records emitted while this thread is inside :func:`pydicom_muted`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not getattr(_quiet, "active", False)
 
 
-logging.getLogger("pydicom").addFilter(_MuteOwnReads())
+# highdicom (building DICOM results) quotes header values in its log lines and warnings too.
+for _name in ("pydicom", "highdicom"):
+    logging.getLogger(_name).addFilter(_MuteOwnReads())
 
 
 @contextlib.contextmanager
-def _pydicom_muted() -> Iterator[None]:
-    """Silence pydicom's warnings and log lines: they can quote header values (names, dates)."""
+def pydicom_muted() -> Iterator[None]:
+    """Silence pydicom's and highdicom's warnings and log lines while this thread is inside:
+    they can quote header values (names, dates)."""
     _quiet.active = True
     try:
         with warnings.catch_warnings():
@@ -132,7 +135,7 @@ def read_dataset(path: Path, data: bytes, budget: InputBudget | None = None) -> 
     meta_end = _file_meta_end(data)
     deflated = meta_end is not None and DEFLATED_SYNTAX.encode() in data[132:meta_end]
     try:
-        with _pydicom_muted():
+        with pydicom_muted():
             if deflated and meta_end is not None:
                 ds = _inflate_bounded(path, data, meta_end, budget)
             else:
@@ -301,7 +304,7 @@ def _palette_to_l(path: Path, stored: np.ndarray, ds: Any) -> np.ndarray:
     from pydicom.pixels.processing import apply_color_lut
 
     try:
-        with _pydicom_muted():
+        with pydicom_muted():
             rgb = apply_color_lut(stored, ds)
     except Exception as exc:  # noqa: BLE001 - missing/broken LUT descriptors raise several types
         raise CxrEdgeError(
@@ -327,7 +330,7 @@ def dicom_to_l(
     _check_pixel_data(path, ds, budget)
     syntax = _transfer_syntax_name(ds)
     try:
-        with _pydicom_muted():
+        with pydicom_muted():
             stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; their text is not for users
         raise CxrEdgeError(
@@ -366,7 +369,7 @@ def dicom_to_l(
     _check_rescale(path, ds)
     try:
         # Overflow or invalid arithmetic (a 1e308 window, a huge LUT) is an error, not a warning.
-        with _pydicom_muted(), np.errstate(all="raise"):
+        with pydicom_muted(), np.errstate(all="raise"):
             modality_values = apply_modality_lut(stored, ds)
             unit, voi = _voi_to_unit(modality_values, ds)
     except FloatingPointError:
