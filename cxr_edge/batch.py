@@ -29,6 +29,7 @@ from cxr_edge.io.files import expand_inputs
 from cxr_edge.outputs import (
     ImageResult,
     OutputOptions,
+    infer_progressive_to_files,
     infer_to_files,
     locked_directory,
     output_stems,
@@ -142,6 +143,29 @@ def _unique(files: Sequence[Path]) -> list[Path]:
     return out
 
 
+def _last_level(
+    edge: Predictor,
+    path: Path,
+    stem: str,
+    options: OutputOptions,
+    steps: int,
+    allow_non_chest: bool,
+    on_level: Callable[[ImageResult], None] | None,
+) -> ImageResult:
+    """One image's progressive result sets, level by level; the last (S = ``steps``)."""
+    from cxr_edge.pipeline import CxrEdge
+
+    if not isinstance(edge, CxrEdge):
+        raise CxrEdgeError(None, "progressive maps need the model in this process, not a server")
+    result: ImageResult | None = None
+    for result in infer_progressive_to_files(edge, path, stem, options, steps, allow_non_chest):
+        if on_level:
+            on_level(result)
+    if result is None:
+        raise CxrEdgeError(path, "the progressive run produced no level")
+    return result
+
+
 def run_batch(
     edge: Predictor,
     inputs: Sequence[Path],
@@ -150,11 +174,15 @@ def run_batch(
     allow_non_chest: bool = False,
     on_item: Callable[[BatchItem], None] | None = None,
     on_start: Callable[[Sequence[Path]], None] | None = None,
+    progressive: bool = False,
+    on_level: Callable[[ImageResult], None] | None = None,
 ) -> BatchSummary:
     """Predict every image of ``inputs`` (files, or folders searched recursively) into
     ``options.directory`` (module docstring). ``on_start(files)`` is called once the inputs are
     expanded, ``on_item(item)`` after each image. Raises CxrEdgeError for a bad output folder
-    (before any compute); KeyboardInterrupt after writing the index."""
+    (before any compute); KeyboardInterrupt after writing the index. ``progressive`` (an
+    in-process ``CxrEdge`` only): each image's result set is written at S = 1, 2, 4, ...,
+    ``steps`` in turn (``outputs.infer_progressive_to_files``), ``on_level(result)`` after each."""
     directory = check_output_directory(options.directory, inputs)
     files = _unique(expand_inputs(inputs))
     stems = output_stems(files, edge.metadata.labels)
@@ -170,7 +198,10 @@ def run_batch(
                     with warnings.catch_warnings():
                         # numpy's RuntimeWarnings (overflow, invalid value) are this image's error
                         warnings.simplefilter("error", RuntimeWarning)
-                        result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
+                        if progressive:
+                            result = _last_level(edge, path, stem, options, steps, allow_non_chest, on_level)
+                        else:
+                            result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
                 except ModelError as exc:
                     stopped = _error_line(path, exc)
                     item = BatchItem(path, stem, "failed", error=stopped)

@@ -49,7 +49,7 @@ from cxr_edge.prediction import Prediction
 
 if TYPE_CHECKING:
     from cxr_edge.dicom_results import DicomResult
-    from cxr_edge.pipeline import Predictor
+    from cxr_edge.pipeline import CxrEdge, Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
 MAX_NAME_BYTES = 255
@@ -415,3 +415,18 @@ def infer_to_files(
     ``TritonCxrEdge``) and write its result set: ``infer``'s unit of work."""
     prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
     return write_result_set(prediction, stem, options)
+
+
+def infer_progressive_to_files(
+    edge: CxrEdge,
+    image: str | Path,
+    stem: str,
+    options: OutputOptions,
+    steps: int,
+    allow_non_chest: bool = False,
+) -> Iterator[ImageResult]:
+    """``infer_to_files`` refined level by level (``CxrEdge.predict_progressive``): after each
+    level S' = 1, 2, 4, ..., ``steps`` the image's result set is rewritten for that level (all
+    or nothing, ``write_result_set``) and its ``ImageResult`` yielded; the last one is S."""
+    for prediction in edge.predict_progressive(image, steps=steps, allow_non_chest=allow_non_chest):
+        yield write_result_set(prediction, stem, options)

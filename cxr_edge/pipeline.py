@@ -3,6 +3,8 @@
     edge = CxrEdge.load()                      # bundled demo model, ONNX Runtime on the CPU
     pred = edge.predict("chest.png", steps=8)  # or an (h, w) uint8 / float array
     pred.findings, pred.maps.scaled            # a plain Prediction (cxr_edge.prediction)
+    for pred in edge.predict_progressive("chest.png", steps=8):  # S = 1, 2, 4, 8 in turn
+        ...
 
 Stages: decode -> preprocess (``prepare_image``) -> tile (chunks of the backend's batch) ->
 backend -> postprocess. The backend and the postprocess are chosen at load time, so a GPU backend
@@ -58,7 +60,7 @@ from cxr_edge.postprocess import (
 )
 from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
-from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches
+from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches, level_pairs, progressive_levels
 
 __all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "prepare_image"]
 
@@ -401,13 +403,17 @@ class CxrEdge:
             self._accumulators.discard(acc)
         self._check_finite(maps, prepared.name)
         timings.update(stage_ms)
+        return self._prediction(prepared, maps, timings)
 
+    def _prediction(
+        self, prepared: PreparedImage, maps: SaliencyMaps, timings: dict[str, float]
+    ) -> Prediction:
         return Prediction(
-            findings=findings_from(maps, md),
+            findings=findings_from(maps, self.metadata),
             maps=maps,
             gray=prepared.gray,
             crop=prepared.crop,
-            metadata=md,
+            metadata=self.metadata,
             backend=self.backend.name,
             model=self.model_info,
             image=prepared.name,
@@ -425,14 +431,29 @@ class CxrEdge:
         clock = time.perf_counter
         device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
         device_acc = acc if isinstance(acc, DeviceAccumulator) else None
-        tile_s = backend_s = post_s = 0.0
-        batches: Iterator[PatchBatch] = iter_patch_batches(
-            model_input, steps, md.patch_size, self.max_patches
-        )
+        spent = _StageSeconds()
+        batches = iter_patch_batches(model_input, steps, md.patch_size, self.max_patches)
+        self._run_host_batches(batches, acc, spent, image)
+        t0 = clock()
+        if device_backend is not None and device_acc is not None:
+            with self._backend_lock or contextlib.nullcontext():
+                device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
+        maps = acc.finish(md.labels)
+        spent.postprocess += clock() - t0
+        return maps, spent.as_ms()
+
+    def _run_host_batches(
+        self, batches: Iterator[PatchBatch], acc: Accumulator, spent: _StageSeconds, image: str | None
+    ) -> None:
+        """Run host-tiled chunks and hand their logits to ``acc`` (via the host, or straight into
+        a device accumulator's buffer for a device backend), adding each stage's time to ``spent``."""
+        clock = time.perf_counter
+        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
+        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
         while True:
             t0 = clock()
             batch = next(batches, None)
-            tile_s += clock() - t0
+            spent.tile += clock() - t0
             if batch is None:
                 break
             # The lock (backends that are not thread-safe) spans run + add: a GPU backend's
@@ -450,15 +471,42 @@ class CxrEdge:
                         self._raise_non_finite("logits", logits, image)
                     acc.add(batch.pairs, logits)
                 t2 = clock()
-            backend_s += t1 - t0
-            post_s += t2 - t1
-        t0 = clock()
-        if device_backend is not None and device_acc is not None:
-            with self._backend_lock or contextlib.nullcontext():
-                device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
-        maps = acc.finish(md.labels)
-        post_s += clock() - t0
-        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+            spent.backend += t1 - t0
+            spent.postprocess += t2 - t1
+
+    def predict_progressive(
+        self, image: str | Path | np.ndarray, steps: int = 8, allow_non_chest: bool = False
+    ) -> Iterator[Prediction]:
+        """Yield the prediction at S' = 1, 2, 4, ..., ``steps`` in turn, refining one set of runs.
+
+        Every shifted copy of S runs exactly once in all: level S' adds only the shifts that
+        level S'/2 lacks (powers of two nest, ``tile.level_pairs``), and each yielded
+        Prediction equals ``predict(image, steps=S')`` (same patch logits, same arithmetic).
+        The first comes right after the backend's first chunk (the one unshifted copy).
+        ``timings_ms`` are cumulative up to that level (``decode`` .. ``postprocess``).
+
+        Levels are built by the numpy ``SaliencyAccumulator`` from the logits the backend's
+        ``run`` returns (patches tiled on the host), whatever postprocess this CxrEdge was given:
+        the CUDA postprocess and the device tiling build one final level only. Stopping early
+        (closing the generator) is fine.
+        """
+        from cxr_edge.postprocess import SaliencyAccumulator
+
+        md = self.metadata
+        steps = check_steps(steps, md.patch_size)
+        prepared = self.prepare(image, allow_non_chest)
+        clock = time.perf_counter
+        acc = SaliencyAccumulator(steps, md.image_size, md.patch_size, md.num_classes)
+        spent = _StageSeconds()
+        for level in progressive_levels(steps):
+            pairs = level_pairs(level, md.patch_size)
+            batches = iter_patch_batches(prepared.model_input, steps, md.patch_size, self.max_patches, pairs)
+            self._run_host_batches(batches, acc, spent, prepared.name)
+            t0 = clock()
+            maps = acc.finish_level(md.labels, level)
+            spent.postprocess += clock() - t0
+            self._check_finite(maps, prepared.name)
+            yield self._prediction(prepared, maps, {**prepared.timings_ms, **spent.as_ms()})
 
     def _run_on_device(
         self, model_input: np.ndarray, steps: int, acc: DeviceAccumulator
@@ -514,3 +562,15 @@ class CxrEdge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class _StageSeconds:
+    """Wall time spent per stage of one prediction, in seconds (summed over chunks)."""
+
+    tile: float = 0.0
+    backend: float = 0.0
+    postprocess: float = 0.0
+
+    def as_ms(self) -> dict[str, float]:
+        return {"tile": self.tile * 1e3, "backend": self.backend * 1e3, "postprocess": self.postprocess * 1e3}

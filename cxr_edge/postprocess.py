@@ -14,6 +14,11 @@ difference image on that grid, 2-D cumulative sums rebuild the summed map cell b
 cell is repeated over its pixels (clipped to the image). This is the pixel-grid "corner scatter
 + prefix sums" with the empty rows/columns between corners left out. float64 throughout; the
 per-cell values are cast to float32 before they are repeated over pixels.
+
+Progressive refinement: the offsets of a power-of-two S' <= S are a subset of those of S, so
+``finish_level(labels, S')`` builds the maps of level S' from the shifts of S' alone (the
+same numbers ``SaliencyAccumulator(S', ...)`` fed with those shifts would produce), while the
+shifts of finer levels are still being added.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class SaliencyMaps:
 
     logits, probabilities: ``(C,) float32`` of the unshifted image.
     raw, scaled: ``(C, H, W) float32`` in logit units.
+    patch_logits: ``(C, G, G) float32``, the unshifted copy's patch logits (patch row, col of
+    the G x G grid): the exact terms of the image logit, ``logits == patch_logits.mean((1, 2))``.
     """
 
     steps: int
@@ -53,6 +60,7 @@ class SaliencyMaps:
     probabilities: np.ndarray
     raw: np.ndarray
     scaled: np.ndarray
+    patch_logits: np.ndarray
 
     def map(self, kind: str) -> np.ndarray:
         """The ``(C, H, W) float32`` maps of one of ``MAP_KINDS``."""
@@ -177,27 +185,47 @@ class SaliencyAccumulator:
 
     def finish(self, labels: Sequence[str]) -> SaliencyMaps:
         """Build the maps; every one of the S*S shifts must have been added."""
+        return self.finish_level(labels, self.steps)
+
+    def finish_level(self, labels: Sequence[str], steps: int) -> SaliencyMaps:
+        """The maps of level ``steps`` (S' <= S whose offsets are a subset of S's, e.g. a power
+        of two) from the S'*S' shifts of that level only; all of them must have been added.
+        Equal to a ``SaliencyAccumulator(S', ...)`` fed with those shifts; the accumulator stays
+        open for more shifts (finer levels)."""
         labels = tuple(labels)
         if len(labels) != self.num_classes:
             raise ValueError(f"{len(labels)} labels for {self.num_classes} classes")
-        if not self._seen.all():
-            raise ValueError(f"only {int(self._seen.sum())} of {self.steps**2} shifts were added")
-        shift_logits = self._logits.mean(axis=(1, 3))  # (C, S, S): image logit of each shifted copy
-        zero = int(np.flatnonzero(self.offsets == 0)[0])
+        if not 1 <= steps <= self.steps:
+            raise ValueError(f"level {steps} is outside 1..{self.steps}")
+        offsets = shift_offsets(steps, self.patch_size)
+        idx = self._offset_index(offsets)  # raises unless the level's offsets nest in S's
+        seen = self._seen[np.ix_(idx, idx)]
+        if not seen.all():
+            level = "" if steps == self.steps else f" (level {steps} of {self.steps})"
+            raise ValueError(f"only {int(seen.sum())} of {steps**2} shifts were added{level}")
+        # (C, G, S', G, S'): a fresh contiguous copy, laid out as the level's own accumulator.
+        values = self._logits if steps == self.steps else self._logits[:, :, idx][:, :, :, :, idx]
+        shift_logits = values.mean(axis=(1, 3))  # (C, S', S'): image logit of each shifted copy
+        zero = int(np.flatnonzero(offsets == 0)[0])
         image_logits = shift_logits[:, zero, zero]
         weights = sigmoid(shift_logits)[:, None, :, None, :]
         return SaliencyMaps(
-            steps=self.steps,
+            steps=steps,
             labels=labels,
             logits=image_logits.astype(np.float32),
             probabilities=sigmoid(image_logits).astype(np.float32),
-            raw=self._smooth(self._logits),
-            scaled=self._smooth(self._logits * weights),
+            raw=self._smooth(values, offsets=offsets),
+            scaled=self._smooth(values * weights, offsets=offsets),
+            patch_logits=values[:, :, zero, :, zero].astype(np.float32),
         )
 
-    def _smooth(self, values: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
-        """Shift-average ``(C, G, S, G, S)`` float64 patch values into ``(C, H, W)`` of ``dtype``."""
-        s, g, p, size, c = self.steps, self.grid, self.patch_size, self.image_size, self.num_classes
+    def _smooth(
+        self, values: np.ndarray, dtype: type[np.floating] = np.float32, offsets: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Shift-average ``(C, G, S, G, S)`` float64 patch values into ``(C, H, W)`` of ``dtype``
+        (S = len(offsets), default this accumulator's own offsets)."""
+        offsets = self.offsets if offsets is None else offsets
+        s, g, p, size, c = len(offsets), self.grid, self.patch_size, self.image_size, self.num_classes
         padded = np.zeros((c, g + 2, s, g + 2, s), dtype=np.float64)
         padded[:, 1:-1, :, 1:-1, :] = values
         # Corner (i, j) of a shift's patch grid carries V[i,j] - V[i-1,j] - V[i,j-1] + V[i-1,j-1]
@@ -215,7 +243,7 @@ class SaliencyAccumulator:
         np.cumsum(corners, axis=2, out=corners)
         # Each cell covers its clipped pixel run; cells outside the image get length 0. The
         # last cell starts at q >= H, so the runs sum to exactly H.
-        pos = np.clip(np.arange(g + 1)[:, None] * p + self.offsets[None, :], 0, size).ravel()
+        pos = np.clip(np.arange(g + 1)[:, None] * p + offsets[None, :], 0, size).ravel()
         runs = np.diff(pos)
         cells = (corners[:, :-1, :-1] / (s * s)).astype(dtype)
         return np.repeat(np.repeat(cells, runs, axis=1), runs, axis=2)

@@ -16,6 +16,11 @@
    finding and call, colour bar with a scale, what the numbers mean, and any extra footer lines,
    e.g. a rationale). Nothing is ever drawn over the X-ray; the output is taller than the input
    by the two strips, whose text scales with the image width.
+
+With ``explain`` (the default) ``finding_image`` / ``finding_overlay`` add what
+``cxr_edge.explain`` finds: thin outlines of the call's decisive patches on the blend
+(``draw_patch_outlines``: squares of the map's own patch grid, part of the map layer) and, in
+the footer strip, the rationale sentence and any shortcut warning (``explanation_lines``).
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.explain.decisive import decisive_patches
+from cxr_edge.explain.rationale import rationale
+from cxr_edge.explain.shortcuts import shortcut_warnings
 from cxr_edge.prediction import Prediction
 from cxr_edge.preprocess import CropBox
+
+#: Outline colour of decisive patches (RGB): amber, outside the blue-white-red scale.
+OUTLINE_RGB = (255, 191, 0)
 
 #: End colours of the diverging scale (RGB): blue = evidence against, red = evidence for.
 _BLUE = np.array([33.0, 102.0, 172.0])
@@ -270,12 +281,17 @@ def finding_image(
     center: str = "threshold",
     vmax: float | None = None,
     alpha_max: float = 0.6,
+    explain: bool = True,
 ) -> tuple[np.ndarray, ColourScale]:
-    """The X-ray (h, w, 3) uint8 RGB with the centred map blended in, and its scale (no frame)."""
+    """The X-ray (h, w, 3) uint8 RGB with the centred map blended in (and, with ``explain``, the
+    call's decisive patches outlined), and its scale (no frame)."""
     scale = colour_scale(prediction, label, map_kind, center, vmax)
     rgb = overlay(
         prediction.gray, centred_map(prediction, label, scale), prediction.crop, scale.vmax, alpha_max
     )
+    if explain:
+        patches = decisive_patches(prediction, label).patches
+        draw_patch_outlines(rgb, prediction.crop, patches, prediction.metadata.grid)
     return rgb, scale
 
 
@@ -288,17 +304,59 @@ def finding_overlay(
     alpha_max: float = 0.6,
     center: str = "threshold",
     footer: Sequence[str] = (),
+    explain: bool = True,
 ) -> np.ndarray:
     """One finding's overlay: ``finding_image`` framed by ``finding_frame`` (module docstring).
 
     Red = pushes toward calling the finding, blue = away, white = the decision threshold
     (``center="zero"``: logit 0). ``vmax`` (map units) defaults to the centred map's largest
     magnitude. legend=False: the bare (h, w, 3) blend; else (banner + h + legend, w, 3) uint8 RGB.
+    explain: outline the decisive patches and add the rationale and shortcut warnings to the footer.
     """
-    rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max)
+    rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max, explain)
+    if explain:
+        footer = (*footer, *explanation_lines(prediction, label, map_kind))
     if not legend:
         return rgb
     return frame_overlay(rgb, finding_frame(prediction, label, scale, footer))
+
+
+def explanation_lines(prediction: Prediction, label: str, map_kind: str = "scaled") -> list[str]:
+    """Footer lines of one finding: its rationale sentence (outlines named), then each
+    shortcut warning."""
+    text = rationale(prediction, label, map_kind).text
+    if decisive_patches(prediction, label).patches:
+        text += " Decisive patches outlined in amber."
+    return [text, *(f"Warning: {w.message}" for w in shortcut_warnings(prediction, [label], map_kind))]
+
+
+def draw_patch_outlines(
+    rgb: np.ndarray,
+    crop: CropBox,
+    patches: Sequence[tuple[int, int]],
+    grid: int,
+    colour: tuple[int, int, int] = OUTLINE_RGB,
+) -> np.ndarray:
+    """Outline patches ``(row, col)`` of the model's ``grid`` x ``grid`` patch grid on ``rgb``
+    (h, w, 3) uint8 RGB, in place: each patch's square in original pixels (the crop split into
+    ``grid`` equal parts, edges rounded half to even), an amber line inside a thin dark one.
+    Returns ``rgb``."""
+    import cv2
+
+    if not patches:
+        return rgb
+    edges_y = crop.top + np.rint(np.arange(grid + 1) * crop.side / grid).astype(int)
+    edges_x = crop.left + np.rint(np.arange(grid + 1) * crop.side / grid).astype(int)
+    thick = max(1, round(crop.side / 512))
+    for dark in (True, False):  # all dark lines first, so neighbours' amber lines stay visible
+        for row, col in patches:
+            top_left = (int(edges_x[col]), int(edges_y[row]))
+            bottom_right = (int(edges_x[col + 1]) - 1, int(edges_y[row + 1]) - 1)
+            if dark:
+                cv2.rectangle(rgb, top_left, bottom_right, (0, 0, 0), thick + 2, cv2.LINE_8)
+            else:
+                cv2.rectangle(rgb, top_left, bottom_right, colour, thick, cv2.LINE_8)
+    return rgb
 
 
 _WHITE_TEXT = (255, 255, 255)

@@ -8,6 +8,11 @@ precision, labels, intended_use, ...}, ``steps``, ``map`` ("raw" | "scaled"), ``
 evidence, see ``evidence_summary``), ``backend``, ``timings_ms`` {stage: ms}, ``info``
 (non-identifying facts from the file header); ``overlays`` (file names) when result files were
 written (``cxr_edge.outputs``).
+
+Explanations (``cxr_edge.explain``): each finding carries ``decisive_patches`` {count, patches
+[[row, col], ...], share, call, reference, reference_probability, reverses}; ``rationale``
+{sides, basis, findings [{label, text, zone, zone_share}]} and ``shortcut_warnings`` [{label,
+kind, share, limit, area_share, message}] cover the reported findings.
 """
 
 from __future__ import annotations
@@ -17,16 +22,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from cxr_edge.explain.decisive import decisive_json, decisive_patches
+from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, positive_evidence
+from cxr_edge.explain.rationale import rationale_json
+from cxr_edge.explain.shortcuts import shortcut_json, shortcut_warnings
 from cxr_edge.postprocess import map_peak
 from cxr_edge.prediction import Prediction
 
 REPORT_VERSION = 1
 
-#: Width of the model-frame border band, as a fraction of the image side (32 px of 512):
-#: evidence concentrated there (film edges, text markers) hints at shortcut learning.
-BORDER_FRACTION = 1 / 16
+__all__ = ["BORDER_FRACTION", "build_report", "evidence_summary", "report_json"]
 
 
 def _number(x: float) -> float | None:
@@ -63,11 +68,9 @@ def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled
     """
     m = prediction.value_map(label, map_kind)
     n = m.shape[0]
-    band = max(1, round(n * BORDER_FRACTION))
+    band = border_band(n)
     row, col = map_peak(m)
-    positive = np.clip(m.astype(np.float64), 0.0, None)
-    inner = positive[band : n - band, band : n - band].sum()
-    total = positive.sum()
+    share = evidence_share(positive_evidence(m), band)
     crop = prediction.crop
     scale = crop.side / n
     return {
@@ -78,9 +81,9 @@ def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled
             "y": round(crop.top + (row + 0.5) * scale - 0.5, 1),
             "value": _number(m[row, col]),
         },
-        "peak_in_border": bool(min(row, col) < band or max(row, col) >= n - band),
-        "border_share": _number((total - inner) / total) if total > 0 else None,
-        "border_area_share": round(1.0 - ((n - 2 * band) / n) ** 2, 4),
+        "peak_in_border": bool(band[row, col]),
+        "border_share": None if share is None else _number(share),
+        "border_area_share": round(float(band.mean()), 4),
     }
 
 
@@ -98,6 +101,7 @@ def build_report(
     p = prediction
     crop = p.crop
     timings = {**p.timings_ms, **(extra_timings_ms or {})}
+    reported = p.reported_labels()
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "image": p.image,
@@ -114,11 +118,14 @@ def build_report(
                 "probability": _number(f.probability),
                 "threshold": None if f.threshold is None else _number(f.threshold),
                 "positive": f.positive,
+                "decisive_patches": decisive_json(decisive_patches(p, f.label)),
             }
             for f in p.findings
         ],
-        "reported": p.reported_labels(),
-        "evidence": [evidence_summary(p, label, map_kind) for label in p.reported_labels()],
+        "reported": reported,
+        "evidence": [evidence_summary(p, label, map_kind) for label in reported],
+        "rationale": rationale_json(p, reported, map_kind),
+        "shortcut_warnings": shortcut_json(shortcut_warnings(p, reported, map_kind)),
         "backend": p.backend,
         "timings_ms": {k: round(float(v), 3) for k, v in timings.items()},
         "info": _plain(p.info),

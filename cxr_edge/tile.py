@@ -58,6 +58,24 @@ def shift_pairs(steps: int, patch_size: int) -> np.ndarray:
     return np.stack([dr.ravel(), dc.ravel()], axis=1)
 
 
+def progressive_levels(steps: int) -> tuple[int, ...]:
+    """The levels a progressive run of ``steps`` S passes through: 1, 2, 4, ..., S."""
+    steps = check_steps(steps)
+    return tuple(1 << i for i in range(steps.bit_length()))
+
+
+def level_pairs(level: int, patch_size: int) -> np.ndarray:
+    """The shifts level ``level`` adds to level ``level // 2`` (all of them for level 1):
+    ``(K, 2) int64`` rows ``(dr, dc)`` in ``shift_pairs(level)`` order. Over the levels 1 .. S
+    they are the S*S shifts of S, each exactly once (powers of two nest)."""
+    pairs = shift_pairs(level, patch_size)
+    if level == 1:
+        return pairs
+    coarse = set(shift_offsets(level // 2, patch_size).tolist())
+    old = np.isin(pairs[:, 0], list(coarse)) & np.isin(pairs[:, 1], list(coarse))
+    return pairs[~old]
+
+
 def _check_image(image: np.ndarray, patch_size: int) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2 or image.shape[0] != image.shape[1] or image.shape[0] % patch_size:
@@ -132,20 +150,30 @@ class PatchBatch:
 
 
 def iter_patch_batches(
-    image: np.ndarray, steps: int, patch_size: int, max_patches: int
+    image: np.ndarray, steps: int, patch_size: int, max_patches: int, pairs: np.ndarray | None = None
 ) -> Iterator[PatchBatch]:
     """Yield all S*S shifted copies in order, at most ``max_patches`` patches per batch.
 
     Each batch holds whole shifts (``max_patches // (G*G)`` of them), so memory stays bounded
-    for any S; ``max_patches`` must be at least G*G.
+    for any S; ``max_patches`` must be at least G*G. ``pairs``: only these shifts of S, in this
+    order (e.g. ``level_pairs``); their batches need not be consecutive shifts, so only an
+    accumulator's ``add(pairs, logits)`` may take them (``first_shift`` is that of ``pairs[0]``).
     """
     image = _check_image(image, patch_size)
     per_shift = (image.shape[0] // patch_size) ** 2
     if max_patches < per_shift:
         raise ValueError(f"max_patches must be at least one shift ({per_shift} patches), got {max_patches}")
     shifts_per_batch = max_patches // per_shift
-    pairs = shift_pairs(steps, patch_size)
+    if pairs is None:
+        pairs = shift_pairs(steps, patch_size)
+        index = np.arange(len(pairs))
+    else:
+        pairs = _check_pairs(pairs, patch_size)
+        offsets = shift_offsets(steps, patch_size)
+        index = np.searchsorted(offsets, pairs[:, 0]) * steps + np.searchsorted(offsets, pairs[:, 1])
     padded = _pad(image, patch_size)
     for first in range(0, len(pairs), shifts_per_batch):
         chunk = pairs[first : first + shifts_per_batch]
-        yield PatchBatch(patches=_tile_padded(padded, chunk, patch_size), pairs=chunk, first_shift=first)
+        yield PatchBatch(
+            patches=_tile_padded(padded, chunk, patch_size), pairs=chunk, first_shift=int(index[first])
+        )

@@ -212,4 +212,5 @@ def install(monkeypatch: object, kernels: FakeKernels | None = None) -> FakeKern
         monkeypatch.setattr(module, "PinnedBuffer", FakePinned)  # type: ignore[attr-defined]
         monkeypatch.setattr(module, "Stream", FakeStream)  # type: ignore[attr-defined]
         monkeypatch.setattr(module, "Event", FakeEvent)  # type: ignore[attr-defined]
+    monkeypatch.setattr(post, "copy_device", copy_device)  # type: ignore[attr-defined]
     return kernels

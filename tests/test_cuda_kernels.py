@@ -372,6 +372,8 @@ def test_gpu_postprocess_accumulator_matches_numpy(gpu: Gpu, logits_dtype) -> No
     np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
     assert np.abs(got.raw - want.raw).max() <= 1e-5
     assert np.abs(got.scaled - want.scaled).max() <= 1e-5
+    # The unshifted copy's patch logits come back from the logits buffer as they went in.
+    np.testing.assert_array_equal(got.patch_logits, want.patch_logits)
     # The overlay draws the GPU's own map: compare with the kernel's formula on that same map.
     np.testing.assert_array_equal(
         images[0], emulate_overlay(gray, got.scaled[3], (40, 0, 520), 1.0, DIVERGING_LUT)
@@ -412,6 +414,7 @@ def test_engine_written_logits_need_no_host_copy(gpu: Gpu) -> None:
     np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
     assert np.abs(got.raw - want.raw).max() <= 1e-5
     assert np.abs(got.scaled - want.scaled).max() <= 1e-5
+    np.testing.assert_array_equal(got.patch_logits, want.patch_logits)
 
 
 def test_offsets_used_by_the_library_are_the_oracles(gpu: Gpu) -> None:

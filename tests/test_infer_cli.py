@@ -201,7 +201,7 @@ def test_overlays_json_and_maps_files(tiny128: Path, tmp_path: Path) -> None:
     assert report["model"]["sha256"] and report["model"]["path"] == str(tiny128)
     assert report["backend"] == "onnxruntime-cpu" and report["map"] == "scaled"
     for f in report["findings"]:
-        assert set(f) == {"label", "logit", "probability", "threshold", "positive"}
+        assert set(f) == {"label", "logit", "probability", "threshold", "positive", "decisive_patches"}
         assert f["probability"] == pytest.approx(1 / (1 + np.exp(-f["logit"])), abs=1e-6)
     # No thresholds in this model: the top 3 by probability get overlays.
     top3 = sorted(report["findings"], key=lambda f: -f["probability"])[:3]

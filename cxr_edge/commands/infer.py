@@ -23,9 +23,11 @@ from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.live import Live
     from rich.table import Table
 
     from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.outputs import ImageResult
     from cxr_edge.prediction import Prediction
 
 
@@ -42,36 +44,80 @@ def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...]
     return chosen
 
 
-def findings_table(prediction: Prediction, shown: tuple[str, ...]) -> Table:
+def findings_table(
+    prediction: Prediction, shown: tuple[str, ...], map_kind: str = "scaled", of_steps: int | None = None
+) -> Table:
     """A rich table of all findings; rows with an overlay are marked. The title names the image
     and the model (file, variant, short sha256); the caption carries the NOT FOR CLINICAL USE
-    banner when the model's intended use is not clinical, as the overlays do."""
+    banner when the model's intended use is not clinical, as the overlays do, then the rationale
+    of each shown finding and any shortcut warning (``cxr_edge.explain``). ``decisive``: how many
+    patches reverse the call. of_steps: the final S of a progressive run."""
     from rich.markup import escape
     from rich.table import Table
 
+    from cxr_edge.explain.decisive import decisive_patches
+    from cxr_edge.explain.rationale import rationale
+    from cxr_edge.explain.shortcuts import shortcut_warnings
     from cxr_edge.render import clinical_use_banner, model_identity
 
-    head = printable(f"{prediction.image or 'image'}  (S={prediction.steps}, {prediction.backend})")
+    level = f"S={prediction.steps}" + (f" of {of_steps}" if of_steps is not None else "")
+    head = printable(f"{prediction.image or 'image'}  ({level}, {prediction.backend})")
     title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
     banner = clinical_use_banner(prediction)
-    caption = escape(banner) if banner else None
+    caption = [f"[bold red]{escape(banner)}[/]"] if banner else []
+    caption += [escape(rationale(prediction, label, map_kind).text) for label in shown]
+    caption += [
+        f"[bold yellow]warning:[/] {escape(w.message)}"
+        for w in shortcut_warnings(prediction, list(shown), map_kind)
+    ]
     table = Table(
-        title=title, title_justify="left", caption=caption, caption_justify="left", caption_style="bold red"
+        title=title, title_justify="left", caption="\n".join(caption) or None, caption_justify="left"
     )
     table.add_column("finding")
     table.add_column("probability", justify="right")
     table.add_column("logit", justify="right")
     table.add_column("threshold", justify="right")
     table.add_column("result")
+    table.add_column("decisive", justify="right")
     for f in prediction.findings:
         result = "-" if f.positive is None else ("POSITIVE" if f.positive else "negative")
         style = "bold red" if f.positive else ("bold" if f.label in shown else None)
         thr = "-" if f.threshold is None else f"{f.threshold:.3f}"
         mark = " *" if f.label in shown else ""
+        decisive = decisive_patches(prediction, f.label)
+        count = "none" if decisive.count is None else f"{decisive.count}/{decisive.grid_patches}"
         table.add_row(
-            escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, style=style
+            escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, count, style=style
         )
     return table
+
+
+class LevelDisplay:
+    """The findings table of a progressive run, redrawn in place per level on a terminal
+    (elsewhere, e.g. a log file, nothing until the image is done)."""
+
+    def __init__(self, console: Console, map_kind: str, steps: int) -> None:
+        self.console, self.map_kind, self.steps = console, map_kind, steps
+        self._live: Live | None = None
+
+    def level(self, result: ImageResult) -> None:
+        if not self.console.is_terminal:
+            return
+        from rich.live import Live
+
+        table = findings_table(result.prediction, result.shown, self.map_kind, self.steps)
+        if self._live is None:
+            self._live = Live(table, console=self.console, auto_refresh=False)
+            self._live.start()
+        self._live.update(table, refresh=True)
+
+    def done(self) -> bool:
+        """End the image's live table; True if one was shown (then the final table is on screen)."""
+        live, self._live = self._live, None
+        if live is None:
+            return False
+        live.stop()
+        return True
 
 
 def register(app: typer.Typer) -> None:
@@ -160,6 +206,14 @@ def register(app: typer.Typer) -> None:
                 "repository from 'cxr-edge export-triton'; files are read here, only pixels are sent.",
             ),
         ] = None,
+        progressive: Annotated[
+            bool,
+            typer.Option(
+                "--progressive",
+                help="Refine the maps at S = 1, 2, 4, ... up to --steps, redrawing the table and rewriting "
+                "the result files after each level (every shifted copy still runs once; S=1 comes first).",
+            ),
+        ] = False,
         dicom_out: Annotated[
             bool,
             typer.Option(
@@ -198,6 +252,8 @@ def register(app: typer.Typer) -> None:
             if server is not None:
                 if model is not None or threads is not None:
                     raise CxrEdgeError(None, "--server runs the server's model: drop --model and --threads")
+                if progressive:
+                    raise CxrEdgeError(None, "--progressive needs the model in this process: drop --server")
                 from cxr_edge.triton.client import TritonCxrEdge
 
                 edge = TritonCxrEdge(server)
@@ -210,24 +266,41 @@ def register(app: typer.Typer) -> None:
         # With --json, stdout carries the JSON only: tables and progress go to stderr.
         console: Console = Console(stderr=as_json)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        levels = LevelDisplay(console, map_kind, steps)
+        # A progressive run redraws its table live instead of showing the progress bar.
+        bar = Progress(*columns, console=console, transient=True, disable=progressive)
         # Here one_line_errors catches a busy output folder and Ctrl-C ("error: interrupted", 130).
-        with one_line_errors(), Progress(*columns, console=console, transient=True) as progress:
+        with one_line_errors(), bar as progress:
             task = progress.add_task("infer", total=None)
 
             def started(files: object) -> None:
                 progress.update(task, total=len(files))  # type: ignore[arg-type]
 
             def done(item: BatchItem) -> None:
+                shown_live = levels.done()
                 if item.result is None:
                     print_error(item.error or f"{item.input}: failed")
                 else:
-                    progress.console.print(findings_table(item.result.prediction, item.result.shown))
+                    if not shown_live:
+                        of_steps = steps if progressive else None
+                        table = findings_table(item.result.prediction, item.result.shown, map_kind, of_steps)
+                        progress.console.print(table)
                     warning = item.result.prediction.info.get("scope_warning")
                     if warning:
                         print_warning(f"{item.input}: {warning}")
                 progress.advance(task)
 
-            summary = run_batch(edge, inputs, options, steps, allow_non_chest, on_item=done, on_start=started)
+            summary = run_batch(
+                edge,
+                inputs,
+                options,
+                steps,
+                allow_non_chest,
+                on_item=done,
+                on_start=started,
+                progressive=progressive,
+                on_level=levels.level,
+            )
         if as_json:
             reports = [
                 item.result.report

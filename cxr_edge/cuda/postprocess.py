@@ -27,7 +27,7 @@ from cxr_edge.cuda.kernels import (
     overlay_params,
 )
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.gpu import DeviceBuffer, Event, PinnedBuffer, Stream
+from cxr_edge.gpu import DeviceBuffer, Event, PinnedBuffer, Stream, copy_device
 from cxr_edge.postprocess import SaliencyMaps, check_map_kind
 
 
@@ -52,8 +52,9 @@ class GpuPostprocess:
     """The device buffers of one image's postprocess; reset and reused across images of one S.
 
     Device memory: logits ``(S*S*G*G, C)`` in ``logits_dtype``, shift logits ``(S*S, C)``, maps
-    ``2 * (C, N, N) float32`` and the kernels' workspace (``cxr_postprocess_workspace_bytes``:
-    about ``2 * C*S*G*N float32``, 29 MB at S=64, C=14). Pinned host memory: the downloaded
+    ``2 * (C, N, N) float32`` (followed by a copy of the unshifted patch logits) and the
+    kernels' workspace (``cxr_postprocess_workspace_bytes``: about ``2 * C*S*G*N float32``,
+    29 MB at S=64, C=14). Pinned host memory: the downloaded
     results (maps, logits, probabilities: 29 MB at C=14) and, once host logits are added, a
     staging copy of them. Refuses at construction a class count whose column pass does not fit
     the device's opt-in shared memory. Not thread-safe: one image at a time (the pipeline keeps a
@@ -100,7 +101,10 @@ class GpuPostprocess:
             self._ready = Event()
             self.logits = alloc(self.shifts * self.grid * self.grid * c * self.logits_dtype.itemsize)
             self.shift_logits = alloc(self.shifts * c * 4)
-            self.results = alloc((2 * c + 2 * c * n * n) * 4)  # image logits, probabilities, raw, scaled
+            # image logits, probabilities, raw, scaled (float32), then the unshifted copy's
+            # patch logits (logits_dtype): everything finish downloads, in one piece.
+            patch_bytes = self.grid * self.grid * c * self.logits_dtype.itemsize
+            self.results = alloc((2 * c + 2 * c * n * n) * 4 + patch_bytes)
             self.workspace = alloc(self.kernels.workspace_bytes(self.params, True, True))
             self.host_results = PinnedBuffer(self.results.nbytes)
             self._buffers.append(self.host_results)
@@ -132,6 +136,11 @@ class GpuPostprocess:
     @property
     def scaled_address(self) -> int:
         return self.raw_address + self.num_classes * self.image_size**2 * 4
+
+    @property
+    def patch_logits_address(self) -> int:
+        """Where ``finish`` copies the unshifted copy's patch logits, after the scaled maps."""
+        return self.scaled_address + self.num_classes * self.image_size**2 * 4
 
     # -- accumulator interface (host logits) -------------------------------------------------
     def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
@@ -217,19 +226,38 @@ class GpuPostprocess:
 
     def finish(self, labels: Sequence[str]) -> SaliencyMaps:
         """Run the postprocess and download everything as a ``SaliencyMaps``: one download into
-        pinned memory and the image's one host sync."""
+        pinned memory and the image's one host sync. The unshifted copy's patch logits are
+        copied on the device next to the maps first, so the one download carries them too.
+
+        Progressive levels (``SaliencyAccumulator.finish_level``) are not implemented on the
+        device: ``CxrEdge.predict_progressive`` uses the numpy accumulator."""
         labels = tuple(labels)
         if len(labels) != self.num_classes:
             raise CxrEdgeError(None, f"{len(labels)} labels for {self.num_classes} classes")
         self.run()
-        c, n = self.num_classes, self.image_size
+        c, n, g = self.num_classes, self.image_size, self.grid
+        # Rows k0*G*G .. of the logits buffer (k0: the (0, 0) shift), (G*G, C) in its dtype.
+        zero = int(np.flatnonzero(np.asarray(self.offsets) == 0)[0])
+        patch_bytes = g * g * c * self.logits_dtype.itemsize
+        copy_device(
+            self.logits_address(zero * self.steps + zero), self.patch_logits_address, patch_bytes, self.stream
+        )
         self.host_results.download_from(self.results.ptr, self.results.nbytes, self.stream)
         self.stream.synchronize()
-        host = self.host_results.array(np.float32, (self.results.nbytes // 4,))
+        floats = 2 * c + 2 * c * n * n
+        host = self.host_results.array(np.float32, (floats,))
         maps = host[2 * c :].reshape(2, c, n, n)
+        raw_bytes = self.host_results.array(np.uint8, (self.results.nbytes,))
+        unshifted = raw_bytes[floats * 4 : floats * 4 + patch_bytes].view(self.logits_dtype).reshape(g * g, c)
         # Copies: the pinned buffer is this object's and is overwritten by the next image.
         return SaliencyMaps(
-            self.steps, labels, host[:c].copy(), host[c : 2 * c].copy(), maps[0].copy(), maps[1].copy()
+            self.steps,
+            labels,
+            host[:c].copy(),
+            host[c : 2 * c].copy(),
+            maps[0].copy(),
+            maps[1].copy(),
+            np.ascontiguousarray(unshifted.astype(np.float32).T.reshape(c, g, g)),
         )
 
     def overlay(

@@ -207,6 +207,20 @@ def _voi_to_unit(modality_values: np.ndarray, ds: Any) -> tuple[np.ndarray, str]
     return (modality_values.astype(np.float64) - low) / max(high - low, 1e-12), "min-max"
 
 
+def _orientation_values(value: Any) -> list[str] | None:
+    """Patient Orientation (0020,0020) as its two direction codes (e.g. ``["L", "F"]``), or None
+    when absent, empty or malformed. Anatomical direction letters only: not identifying."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (str, bytes)) else list(value)
+    codes = [str(v.decode() if isinstance(v, bytes) else v).strip().upper() for v in items]
+    if len(codes) == 1:
+        codes = codes[0].split("\\")
+    if len(codes) != 2 or not all(c and set(c) <= set("LRAPHF") for c in codes):
+        return None
+    return codes
+
+
 def _transfer_syntax_name(ds: Any) -> str:
     uid = ds.file_meta.get("TransferSyntaxUID")
     return "unknown" if uid is None else str(getattr(uid, "name", uid))
@@ -345,6 +359,8 @@ def dicom_to_l(
         "modality": str(ds.get("Modality", "") or "") or None,
         "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
         "view_position": str(ds.get("ViewPosition", "") or "") or None,
+        "patient_orientation": _orientation_values(ds.get("PatientOrientation")),
+        "image_laterality": str(ds.get("ImageLaterality", "") or "") or None,
         "photometric": photometric,
         "bits_stored": int(ds.get("BitsStored", 8 * stored.dtype.itemsize) or 0),
         "transfer_syntax": syntax,

@@ -241,6 +241,7 @@ class TritonCxrEdge:
                 probabilities=array(protocol.PROBABILITIES_OUTPUT, (c,)),
                 raw=array(protocol.RAW_OUTPUT, (c, n, n)),
                 scaled=array(protocol.SCALED_OUTPUT, (c, n, n)),
+                patch_logits=array(protocol.PATCH_LOGITS_OUTPUT, (c, md.grid, md.grid)),
             )
             raw_info = outputs[protocol.INFO_OUTPUT].reshape(-1)[0]
             server = json.loads(raw_info.decode() if isinstance(raw_info, bytes) else str(raw_info))

@@ -54,6 +54,7 @@ class TritonPythonModel:
             protocol.PROBABILITIES_OUTPUT: np.asarray(maps.probabilities, dtype=np.float32)[None],
             protocol.RAW_OUTPUT: np.asarray(maps.raw, dtype=np.float32)[None],
             protocol.SCALED_OUTPUT: np.asarray(maps.scaled, dtype=np.float32)[None],
+            protocol.PATCH_LOGITS_OUTPUT: np.asarray(maps.patch_logits, dtype=np.float32)[None],
             protocol.INFO_OUTPUT: np.array([[info]], dtype=np.object_),
         }
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])

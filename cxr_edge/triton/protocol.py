@@ -11,6 +11,7 @@ STEPS            INT32    (1, 1)           shifts per patch side S (power of two
 LOGITS           FP32     (1, C)           image logits of the unshifted copy
 PROBABILITIES    FP32     (1, C)           sigmoid(LOGITS)
 RAW, SCALED      FP32     (1, C, N, N)     shift-averaged maps in logit units, model frame
+PATCH_LOGITS     FP32     (1, C, G, G)     the unshifted copy's patch logits (G = N / patch)
 SERVER_INFO      BYTES    (1, 1)           JSON: {"backend": str, "timings_ms": {stage: ms}}
 ===============  =======  ==============  ===================================================
 
@@ -45,8 +46,16 @@ LOGITS_OUTPUT = "LOGITS"
 PROBABILITIES_OUTPUT = "PROBABILITIES"
 RAW_OUTPUT = "RAW"
 SCALED_OUTPUT = "SCALED"
+PATCH_LOGITS_OUTPUT = "PATCH_LOGITS"
 INFO_OUTPUT = "SERVER_INFO"
-IMAGE_OUTPUTS = (LOGITS_OUTPUT, PROBABILITIES_OUTPUT, RAW_OUTPUT, SCALED_OUTPUT, INFO_OUTPUT)
+IMAGE_OUTPUTS = (
+    LOGITS_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    RAW_OUTPUT,
+    SCALED_OUTPUT,
+    PATCH_LOGITS_OUTPUT,
+    INFO_OUTPUT,
+)
 
 # Config parameter keys.
 METADATA_PARAM = "cxr_edge_metadata"

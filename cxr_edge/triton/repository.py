@@ -178,6 +178,7 @@ def _image_config(net: Network, layout: str, instances: int, max_batch: int, ext
             _tensor(protocol.PROBABILITIES_OUTPUT, fp32, [c]),
             _tensor(protocol.RAW_OUTPUT, fp32, [c, n, n]),
             _tensor(protocol.SCALED_OUTPUT, fp32, [c, n, n]),
+            _tensor(protocol.PATCH_LOGITS_OUTPUT, fp32, [c, md.grid, md.grid]),
             _tensor(protocol.INFO_OUTPUT, "TYPE_STRING", [1]),
         ],
         instances=instances,
