@@ -4,7 +4,8 @@ A set is declared as a folder of X-rays (searched recursively) or a list file (o
 relative to the list file; ``#`` starts a comment). Every image goes through the pipeline's ``prepare_image`` (decode
 + preprocess) exactly like ``infer``; patches are sampled from the unshifted copy and from
 randomly chosen shifted copies (``tile_shifts``), so activation ranges match what the runtime feeds.
-The manifest (file sha256s, sampling settings, digest) is written under ``calibration/``.
+The manifest (file sha256s, sampling settings, digest) is written where the caller says
+(``cxr-edge quantize``: beside the output model unless ``--calibration-dir`` names a folder).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from cxr_edge.io.files import IMAGE_SUFFIXES, find_image_files
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.tile import check_steps
 
-CALIBRATION_DIR = Path("calibration")
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -158,12 +158,12 @@ def load_calibration_set(
     return CalibrationSet(name, str(source), images, sampling, np.concatenate(chunks).astype(np.float32))
 
 
-def manifest_file(name: str, directory: Path = CALIBRATION_DIR) -> Path:
+def manifest_file(name: str, directory: Path) -> Path:
     return directory / f"{name}{MANIFEST_SUFFIX}"
 
 
-def write_calibration_manifest(calib: CalibrationSet, directory: Path = CALIBRATION_DIR) -> Path:
-    """Write ``<directory>/<name>.manifest.json`` (no images are copied)."""
+def write_calibration_manifest(calib: CalibrationSet, directory: Path) -> Path:
+    """Write ``<directory>/<name>.manifest.json`` atomically, mode as any output (no images are copied)."""
     path = manifest_file(calib.name, directory)
     write_text_atomic(path, json.dumps(calib.manifest(), indent=2, sort_keys=True) + "\n")
     return path

@@ -2,7 +2,8 @@
 
 Graph: input ``patches`` ``(N, 1, P, P) float32 in [0, 1]`` (N dynamic) -> output ``logits``
 ``(N, C) float32``. Steps: TorchScript export (opset 17) -> onnxsim -> metadata -> onnx.checker
--> parity check against PyTorch with ONNX Runtime -> atomic rename. A failed step leaves no file.
+-> parity check against PyTorch with ONNX Runtime (``cxr_edge.compare``, elementwise
+``|onnx - torch| <= atol + rtol * |torch|``) -> atomic rename. A failed step leaves no file.
 
 Why the TorchScript exporter (``dynamo=False``): for a static CNN it produces the same graph as
 the dynamo exporter, in a fraction of the time (no torch.export tracing, no onnxscript
@@ -24,14 +25,15 @@ import numpy as np
 
 from cxr_edge import __version__
 from cxr_edge.atomic import atomic_path
+from cxr_edge.compare import EXPORT, Comparison, Tolerance, compare
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata, write_onnx_metadata
 
 OPSET = 17
 INPUT_NAME = "patches"
 OUTPUT_NAME = "logits"
-#: Largest max |logit(PyTorch) - logit(ONNX Runtime)| an export may show.
-PARITY_TOLERANCE = 1e-3
+#: Per-patch logit tolerance of an export (see ``cxr_edge.compare`` for the reasoning).
+PARITY_TOLERANCE = EXPORT
 #: Batch sizes the parity check runs (dynamic N must work for each).
 PARITY_BATCH_SIZES = (1, 7, 64)
 
@@ -52,6 +54,7 @@ class ExportReport:
     nodes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     parity_max_abs_diff: dict[int, float] = field(default_factory=dict)  # batch size -> max |diff|
+    parity: Comparison | None = None  # all parity patches, every batch size together
     logit_std: float = float("nan")  # std of all PyTorch patch logits over the parity patches
     logit_std_per_class: float = float("nan")  # per-class std over patches, mean over classes
 
@@ -66,13 +69,15 @@ class ExportReport:
 
 def parity_patches(metadata: ModelMetadata, count: int, seed: int = 0) -> np.ndarray:
     """Image-like patches ``(count, 1, P, P) float32 in [0, 1]``, including the zero-padded
-    kinds that shifted copies produce (all zeros; zeros on one side)."""
+    kinds that shifted copies produce (all zeros; zeros on one side; a zero corner)."""
     from cxr_edge.model.sample_patches import image_like_patches
 
     patches = image_like_patches(count, metadata.patch_size, seed=seed, image_size=metadata.image_size)
-    if count >= 3:
-        patches[0] = 0.0
-        patches[1, :, :, : metadata.patch_size // 2] = 0.0
+    half = metadata.patch_size // 2
+    if count >= 4:
+        patches[0] = 0.0  # a patch wholly outside the shifted image
+        patches[1, :, :, :half] = 0.0  # zeros on one side
+        patches[2, :, :half, :half] = 0.0  # a zero corner
     return patches
 
 
@@ -128,7 +133,10 @@ def _simplify(proto: Any, path: Path) -> Any:
     return simplified
 
 
-def _parity(model: Any, onnx_path: Path, metadata: ModelMetadata, report: ExportReport) -> None:
+def _parity(
+    model: Any, onnx_path: Path, metadata: ModelMetadata, report: ExportReport, tolerance: Tolerance
+) -> Comparison:
+    """Fill ``report``'s per-batch figures and return the elementwise comparison of all patches."""
     import onnxruntime as ort
     import torch
 
@@ -137,7 +145,7 @@ def _parity(model: Any, onnx_path: Path, metadata: ModelMetadata, report: Export
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     all_patches = parity_patches(metadata, sum(PARITY_BATCH_SIZES), seed=1)
     start = 0
-    torch_logits = []
+    torch_logits, onnx_logits = [], []
     for batch in PARITY_BATCH_SIZES:
         patches = all_patches[start : start + batch]
         start += batch
@@ -151,9 +159,11 @@ def _parity(model: Any, onnx_path: Path, metadata: ModelMetadata, report: Export
             )
         report.parity_max_abs_diff[batch] = float(np.max(np.abs(got.astype(np.float64) - expected)))
         torch_logits.append(expected.astype(np.float64))
+        onnx_logits.append(got)
     logits = np.concatenate(torch_logits)
     report.logit_std = float(logits.std())
     report.logit_std_per_class = float(logits.std(axis=0).mean())
+    return compare(np.concatenate(onnx_logits), logits, tolerance)
 
 
 def export_onnx(
@@ -163,18 +173,19 @@ def export_onnx(
     parity: bool = True,
     *,
     opset: int = OPSET,
-    tolerance: float = PARITY_TOLERANCE,
+    tolerance: Tolerance = PARITY_TOLERANCE,
     console: Any | None = None,
     simplify: bool = True,
 ) -> ExportReport:
     """Export ``model`` (a MedicalPatchNet) to ``out_path`` with ``metadata`` in ``metadata_props``.
 
     ``metadata.variant`` is taken from ``model.variant`` and ``package_version`` is set to this
-    package's; ``checkpoint_sha256`` is the caller's to fill in. With ``parity`` the ONNX Runtime
-    logits must match PyTorch within ``tolerance`` at several batch sizes, else CxrEdgeError and
-    no file. ``console``: a ``rich.console.Console`` for progress, or None for silence.
-    ``simplify=False`` skips onnx-simplifier (same results, a larger graph): for machines
-    without onnxsim, such as GPU test boxes.
+    package's; ``checkpoint_sha256`` is the caller's to fill in. With ``parity`` every ONNX Runtime
+    patch logit must match PyTorch within ``tolerance`` (elementwise, at several batch sizes,
+    zero-padded patches included), else ParityError and no file. ``console``: a
+    ``rich.console.Console`` for progress, or None for silence. ``simplify=False`` skips
+    onnx-simplifier (same results, a larger graph): for machines without onnxsim, such as GPU
+    test boxes.
     """
     import onnx
 
@@ -222,10 +233,8 @@ def export_onnx(
                 "parity",
                 f"parity check PyTorch vs ONNX Runtime (N = {', '.join(map(str, PARITY_BATCH_SIZES))})",
             ):
-                _parity(model, tmp, metadata, report)
-            if not report.max_abs_diff <= tolerance:  # also catches NaN
-                raise ParityError(
-                    out_path,
-                    f"parity check failed: max abs logit difference {report.max_abs_diff:.3g} > {tolerance:g}",
-                )
+                parity_result = _parity(model, tmp, metadata, report, tolerance)
+            report.parity = parity_result
+            if not parity_result.passed:
+                raise ParityError(out_path, f"parity check failed: {parity_result.summary()}")
     return report

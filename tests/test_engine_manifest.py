@@ -20,8 +20,10 @@ from cxr_edge.engine.profile import DLA_MAX_BATCH, BatchProfile, plan_chunks, si
 from cxr_edge.engine.tensorrt_build import (
     TENSORRT_MISSING,
     import_tensorrt,
+    network_flags,
     timing_cache_path,
     use_strong_typing,
+    version_tuple,
 )
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
@@ -181,11 +183,33 @@ def _fake_trt(strong: bool, flags: bool) -> SimpleNamespace:
         (True, True, False, True),  # TensorRT 10.x GPU: strongly typed
         (True, True, True, False),  # TensorRT 10.x DLA: weakly typed + precision flags
         (True, False, True, True),  # TensorRT 11.x: strongly typed only
+        (False, False, False, True),  # TensorRT 11.x without the (then pointless) flag
         (False, True, False, False),  # pre-10: no strong typing
     ],
 )
 def test_strong_typing_is_feature_detected(strong: bool, flags: bool, dla: bool, expected: bool) -> None:
-    assert use_strong_typing(_fake_trt(strong, flags), dla) is expected  # type: ignore[arg-type]
+    fake = _fake_trt(strong, flags)
+    assert use_strong_typing(fake, dla) is expected  # type: ignore[arg-type]
+    # the creation flag is passed only where it exists
+    assert network_flags(fake, expected) == (1 << 1 if expected and strong else 0)  # type: ignore[arg-type]
+
+
+def test_tensorrt_older_than_10_3_is_one_line(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(Builder=object, __version__="8.6.2.3"))
+    with pytest.raises(
+        CxrEdgeError, match=r"TensorRT 8.6.2.3 is too old.*JetPack 6.0 ships 8.6.*6.2 ship 10.3"
+    ):
+        import_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(Builder=object, __version__="11.4.1.2"))
+    assert import_tensorrt().__version__ == "11.4.1.2"
+    assert version_tuple("10.3.0.30") == (10, 3, 0, 30) and version_tuple("10.13.0.35.post1") == (
+        10,
+        13,
+        0,
+        35,
+    )
 
 
 @pytest.mark.skipif(_tensorrt_installed(), reason="TensorRT is installed here")

@@ -17,8 +17,9 @@ pytest.importorskip("onnxsim")
 from typer.testing import CliRunner
 
 from cxr_edge.cli import app
+from cxr_edge.compare import EXPORT, Tolerance
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.export import ParityError, export_onnx
+from cxr_edge.export import ParityError, export_onnx, parity_patches
 from cxr_edge.metadata import CHEXPERT_LABELS, ModelMetadata
 from cxr_edge.model.checkpoint import save_checkpoint
 from cxr_edge.model.patchnet import VARIANTS
@@ -73,6 +74,8 @@ def test_export_report_and_file(tiny_model, tmp_path):
     assert out.is_file() and report.onnx_bytes == out.stat().st_size
     assert set(report.parity_max_abs_diff) == {1, 7, 64}
     assert 0 <= report.max_abs_diff <= 1e-3
+    assert report.parity is not None and report.parity.passed and report.parity.count == 72 * 14
+    assert report.parity.tolerance == EXPORT and report.parity.worst_ratio <= 1.0
     assert report.logit_std >= 1.0  # the calibrated tiny model has realistic logits
     assert {"export", "simplify", "check", "parity"} <= set(report.seconds)
     assert oct(out.stat().st_mode & 0o444) == oct(0o444 & ~_umask())  # readable as umask allows
@@ -88,7 +91,39 @@ def _umask() -> int:
 def test_parity_failure_leaves_no_file(tiny_model, tmp_path):
     out = tmp_path / "model.onnx"
     with pytest.raises(ParityError, match="parity check failed"):
-        export_onnx(tiny_model, out, ModelMetadata(), tolerance=-1.0)  # any difference exceeds it
+        export_onnx(tiny_model, out, ModelMetadata(), tolerance=Tolerance(atol=-1.0, rtol=0.0))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_set_holds_the_zero_padded_patches_of_shifted_copies():
+    patches = parity_patches(ModelMetadata(), 72, seed=1)
+    assert patches.shape == (72, 1, 64, 64) and patches.dtype == np.float32
+    assert not patches[0].any()  # wholly outside the shifted image
+    assert not patches[1, :, :, :32].any() and patches[1, :, :, 32:].any()  # zeros on one side
+    assert not patches[2, :, :32, :32].any() and patches[2, :, 32:, :].any()  # a zero corner
+    assert (patches[3:].reshape(69, -1).std(axis=1) > 0).all()  # the rest are image-like
+
+
+def test_broken_export_fails_the_default_parity(tiny_model, tmp_path, monkeypatch):
+    """A subtle export bug: the stem's weights pass through float16 on their way into the ONNX
+    (logits move by ~0.1, 3 % of their std); the default elementwise tolerance catches it."""
+    import copy
+
+    from cxr_edge import export as export_module
+
+    real_export = export_module._torch_to_onnx
+
+    def half_rounded_stem(model, patch_size, opset):
+        broken = copy.deepcopy(model)
+        stem = broken.baseBackbone.features[0][0]
+        with torch.no_grad():
+            stem.weight.copy_(stem.weight.half().float())
+        return real_export(broken, patch_size, opset)
+
+    monkeypatch.setattr(export_module, "_torch_to_onnx", half_rounded_stem)
+    out = tmp_path / "broken.onnx"
+    with pytest.raises(ParityError, match=r"parity check failed: max \|diff\| .* FAILED \(\d+ of 1008"):
+        export_onnx(tiny_model, out, ModelMetadata())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -123,7 +158,7 @@ def test_cli_parity_gate_exit_code(tiny_model, tmp_path):
     weights = save_checkpoint(tiny_model, tmp_path / "tiny.pt")
     out = tmp_path / "gate.onnx"
     result = CliRunner().invoke(
-        app, ["export", "-w", str(weights), "-o", str(out), "--tolerance", "-1", "--quiet"]
+        app, ["export", "-w", str(weights), "-o", str(out), "--atol", "-1", "--rtol", "0", "--quiet"]
     )
     assert result.exit_code == 3
     assert "parity check failed" in result.stderr
@@ -170,3 +205,5 @@ def test_full_size_official_checkpoint_exports_with_parity(tmp_path):
         expected = model(torch.from_numpy(patches)).numpy().astype(np.float64)
     assert expected.std(axis=0).mean() >= 1.0
     assert np.max(np.abs(_run_onnx(out, patches) - expected)) <= 1e-3
+    # the export's own parity set (zero-padded patches included) passed the elementwise default
+    assert "passed" in result.stdout and f"atol {EXPORT.atol:g} + rtol {EXPORT.rtol:g}" in result.stdout

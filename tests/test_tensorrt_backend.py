@@ -390,6 +390,192 @@ def test_foreign_or_tampered_plan_is_refused(monkeypatch, tmp_path) -> None:
         trt_backend.TensorRtBackend(plan)
 
 
+# --- building over a fake TensorRT builder: the plan is checked before it is written ----------
+
+
+class FakeTensor:
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name, self.shape = name, shape
+
+
+class FakeNetwork:
+    num_inputs = 1
+    num_outputs = 1
+
+    def get_input(self, index: int) -> FakeTensor:
+        return FakeTensor("patches", (-1, 1, 64, 64))
+
+    def get_output(self, index: int) -> FakeTensor:
+        return FakeTensor("logits", (-1, 14))
+
+
+class FakeConfig:
+    def __init__(self) -> None:
+        self.flags: list[object] = []
+        self.default_device_type: object = None
+        self.DLA_core = -1
+
+    def set_memory_pool_limit(self, pool: object, size: int) -> None:
+        pass
+
+    def add_optimization_profile(self, profile: object) -> int:
+        return 0
+
+    def set_flag(self, flag: object) -> None:
+        self.flags.append(flag)
+
+    def create_timing_cache(self, blob: bytes) -> SimpleNamespace:
+        return SimpleNamespace(serialize=lambda: b"timing cache")
+
+    def set_timing_cache(self, cache: object, ignore_mismatch: bool) -> bool:
+        return True
+
+
+class FakeBuilder:
+    num_DLA_cores = 0
+
+    def __init__(self, logger: object) -> None:
+        pass
+
+    def create_network(self, flags: int) -> FakeNetwork:
+        return FakeNetwork()
+
+    def create_builder_config(self) -> FakeConfig:
+        return FakeConfig()
+
+    def create_optimization_profile(self) -> SimpleNamespace:
+        return SimpleNamespace(set_shape=lambda *shapes: None)
+
+    def build_serialized_network(self, network: object, config: object) -> bytes:
+        return b"fake plan"  # the fake runtime deserializes exactly this into the WEIGHTS engine
+
+
+class FakeParser:
+    num_errors = 0
+
+    def __init__(self, network: object, logger: object) -> None:
+        pass
+
+    def parse_from_file(self, path: str) -> bool:
+        return True
+
+
+def _gemm_onnx(path: Path, weights: np.ndarray, precision: str) -> Path:
+    """logits = flatten(patches) @ weights.T: what the fake engine computes (with WEIGHTS)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cxr_edge.metadata import write_onnx_metadata
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["patches"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1),
+        ],
+        "gemm",
+        [helper.make_tensor_value_info("patches", TensorProto.FLOAT, ["N", 1, 64, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 14])],
+        [numpy_helper.from_array(weights.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    write_onnx_metadata(model, ModelMetadata(precision=precision))
+    onnx.save(model, str(path))
+    return path
+
+
+def _install_builder_fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cxr_edge.engine.tensorrt_build as build_module
+    import cxr_edge.gpu as gpu_module
+
+    _install_fakes(monkeypatch, tmp_path, BatchProfile(1, 128, 128))
+    fake = sys.modules["tensorrt"]
+    for name, value in {
+        "Builder": FakeBuilder,
+        "OnnxParser": FakeParser,
+        "NetworkDefinitionCreationFlag": SimpleNamespace(STRONGLY_TYPED=0),
+        "BuilderFlag": SimpleNamespace(FP16=0, INT8=1, GPU_FALLBACK=2),
+        "MemoryPoolType": SimpleNamespace(WORKSPACE=0),
+        "DeviceType": SimpleNamespace(GPU=0, DLA=1),
+        "Dims": list,
+    }.items():
+        setattr(fake, name, value)
+    monkeypatch.setattr(build_module, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(build_module, "make_logger", lambda: object())
+    monkeypatch.setattr(gpu_module, "set_device", lambda index: None)
+    monkeypatch.setattr(gpu_module, "device_info", lambda index: GpuInfo(0, "Orin", "8.7", 1 << 34))
+
+
+def test_build_writes_a_plan_that_matches_its_reference(monkeypatch, tmp_path) -> None:
+    from cxr_edge.engine.manifest import read_manifest
+    from cxr_edge.engine.plan_check import plan_vs_onnx
+    from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine
+
+    _install_builder_fakes(monkeypatch, tmp_path)
+    source = _gemm_onnx(tmp_path / "m.fp16.onnx", WEIGHTS, "fp16")
+    reference = _gemm_onnx(tmp_path / "m.onnx", WEIGHTS, "fp32")
+    plan = tmp_path / "engines" / "m-fp16.plan"
+    manifest, check = build_engine(
+        BuildOptions(onnx=source, precision="fp16", out=plan, max_patches=128),
+        check=plan_vs_onnx(reference, _patches(256)),
+    )
+    assert check.passed and check.count == 4 * 14 and check.max_abs_diff < 1e-3  # 4 copies x 14 classes
+    assert plan.read_bytes() == b"fake plan" and read_manifest(plan) == manifest
+    assert manifest.precision == "fp16" and manifest.plan_sha256 == sha256_file(plan)
+
+
+def test_build_refuses_to_write_a_plan_that_differs_from_float32(monkeypatch, tmp_path) -> None:
+    from cxr_edge.engine.plan_check import plan_vs_onnx
+    from cxr_edge.engine.tensorrt_build import BuildOptions, PlanCheckFailed, build_engine
+
+    _install_builder_fakes(monkeypatch, tmp_path)
+    source = _gemm_onnx(tmp_path / "m.fp16.onnx", WEIGHTS, "fp16")
+    # a float32 model 5 % off the engine: beyond the fp16 tolerance (2 % + 0.05)
+    reference = _gemm_onnx(tmp_path / "m.onnx", WEIGHTS * 1.05, "fp32")
+    engines = tmp_path / "engines"
+    with pytest.raises(PlanCheckFailed, match=r"plan not written: max \|diff\| .* FAILED"):
+        build_engine(
+            BuildOptions(onnx=source, precision="fp16", out=engines / "m-fp16.plan", max_patches=128),
+            check=plan_vs_onnx(reference, _patches(256)),
+        )
+    assert list(engines.iterdir()) == []  # no plan, no manifest, no timing cache, no .part file
+
+
+def test_build_engine_command_checks_the_plan_and_exits_3(monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cxr_edge.cli import app
+
+    _install_builder_fakes(monkeypatch, tmp_path)
+    onnx = _gemm_onnx(tmp_path / "m.onnx", WEIGHTS, "fp32")
+    plan = tmp_path / "engines" / "m-fp32.plan"
+    args = ["build-engine", "--onnx", str(onnx), "--precision", "fp32", "--max-patches", "128", "--out", str(plan)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"plan vs {onnx}: image logits max |diff|" in result.output and "passed" in result.output
+    assert plan.is_file() and plan.with_suffix(".json").is_file()
+
+    plan.unlink()
+    plan.with_suffix(".json").unlink()
+    wrong = _gemm_onnx(tmp_path / "wrong.onnx", WEIGHTS * 0.9, "fp32")
+    result = CliRunner().invoke(app, [*args, "--reference", str(wrong)])
+    assert result.exit_code == 3
+    assert "plan vs ONNX check failed, plan not written" in result.output
+    assert not plan.exists() and not plan.with_suffix(".json").exists()
+
+
+def test_dla_without_dla_support_is_one_line(monkeypatch, tmp_path) -> None:
+    from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine
+
+    _install_builder_fakes(monkeypatch, tmp_path)
+    source = _gemm_onnx(tmp_path / "m.fp16.onnx", WEIGHTS, "fp16")
+    options = BuildOptions(onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=0, max_patches=128)
+    with pytest.raises(CxrEdgeError, match=r"TensorRT 10.3.0.30 on this device offers no DLA .*11.0-11.3 have none"):
+        build_engine(options, check=lambda plan, manifest: pytest.fail("no build without DLA"))
+    monkeypatch.setattr(FakeBuilder, "num_DLA_cores", 1)
+    with pytest.raises(CxrEdgeError, match="--dla-core 1: this device has 1 DLA core"):
+        build_engine(BuildOptions(onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=1), check=lambda p, m: pytest.fail())
+
+
 # --- real TensorRT on a real GPU ---------------------------------------------------------------
 
 
@@ -405,9 +591,14 @@ def test_tensorrt_fp32_matches_onnxruntime_on_gpu(tmp_path, request) -> None:
         pytest.skip(str(exc))
     tiny_onnx = request.getfixturevalue("tiny_onnx")  # only once TensorRT is known to be here
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
+    from cxr_edge.engine.plan_check import plan_vs_onnx
 
     plan = tmp_path / "engines" / "tiny-fp32.plan"
-    build_engine(BuildOptions(onnx=tiny_onnx, precision="fp32", out=plan, max_patches=128, workspace_mb=512))
+    _, check = build_engine(
+        BuildOptions(onnx=tiny_onnx, precision="fp32", out=plan, max_patches=128, workspace_mb=512),
+        check=plan_vs_onnx(tiny_onnx, _patches(256)),
+    )
+    assert check.passed
     patches = _patches(200)
     with trt_backend.TensorRtBackend(plan) as backend:
         got = backend.run(patches)

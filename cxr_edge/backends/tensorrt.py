@@ -62,14 +62,17 @@ class TensorRtBackend:
     #: One execution context and reused device buffers: calls must not overlap.
     thread_safe = False
 
-    def __init__(self, plan: str | Path, *, stream: Any = None, device: int = 0) -> None:
+    def __init__(
+        self, plan: str | Path, *, stream: Any = None, device: int = 0, manifest: EngineManifest | None = None
+    ) -> None:
+        """``manifest``: the plan's manifest when it is not (yet) beside the plan (the builder's check)."""
         import_tensorrt()
         import tensorrt as trt
 
         self.plan = Path(plan)
         if not self.plan.is_file():
             raise CxrEdgeError(self.plan, "no such TensorRT plan; build one with 'cxr-edge build-engine'")
-        self.manifest: EngineManifest = read_manifest(self.plan)
+        self.manifest: EngineManifest = manifest if manifest is not None else read_manifest(self.plan)
         set_device(device)
         gpu = device_info(device)
         verify_manifest(

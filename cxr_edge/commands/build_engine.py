@@ -1,8 +1,10 @@
 """``cxr-edge build-engine``: ONNX -> TensorRT plan + JSON manifest under ``engines/``.
 
 Given a float32 ONNX and --precision fp16/int8, the precision-specific ONNX is made first
-(int8: from --calib, symmetric for TensorRT, behind the accuracy gate) and kept beside the plan.
-Without TensorRT it says so in one line and exits 2.
+(int8: from --calib with the TensorRT recipe, behind the accuracy gate) and kept beside the plan;
+the built plan is compared with the float32 ONNX and not written when it differs
+(``cxr_edge.engine.checked_build``). Without TensorRT it says so in one line and exits 2;
+a failed gate or plan check exits 3.
 """
 
 from __future__ import annotations
@@ -12,14 +14,8 @@ from typing import Annotated
 
 import typer
 
-from cxr_edge.commands.common import one_line_errors
+from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
 from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES
-
-
-def default_plan_path(onnx: Path, precision: str, dla_core: int | None) -> Path:
-    """``engines/<onnx stem>-<precision>[-dla<K>].plan``."""
-    suffix = f"-dla{dla_core}" if dla_core is not None else ""
-    return Path("engines") / f"{onnx.stem}-{precision}{suffix}.plan"
 
 
 def build_engine_command(
@@ -34,47 +30,44 @@ def build_engine_command(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Plan path (default engines/NAME.plan).")
     ] = None,
-    holdout: Annotated[Path | None, typer.Option(help="Held-out real X-rays for the int8/fp16 gate.")] = None,
+    holdout: Annotated[
+        Path | None, typer.Option(help="Held-out real X-rays for the accuracy gate and the plan check.")
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Float32 ONNX to check the plan against when --onnx is already fp16/int8."),
+    ] = None,
     device: Annotated[int, typer.Option(min=0, help="CUDA device index.")] = 0,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.3 ... 11.x) with one optimization profile over N."""
-
-    from cxr_edge.engine.tensorrt_build import BuildOptions, build_engine, import_tensorrt
-    from cxr_edge.metadata import ModelMetadata
+    from cxr_edge.engine.checked_build import build_checked_engine
+    from cxr_edge.engine.tensorrt_build import PlanCheckFailed
+    from cxr_edge.quantize import GateFailed, GateSettings
 
     with one_line_errors():
-        import_tensorrt()  # fail fast, before any quantization work
-        plan = out or default_plan_path(onnx, precision, dla_core)
-        source = onnx
-        if precision in ("fp16", "int8") and ModelMetadata.from_onnx(onnx).precision == "fp32":
-            from cxr_edge.commands.quantize import gated_precision_onnx
-            from cxr_edge.quantize import GateSettings
-            from cxr_edge.quantize.int8 import Int8Options
-
-            source = plan.with_suffix(f".{precision}.onnx")
-            gated_precision_onnx(
+        try:
+            built = build_checked_engine(
                 onnx,
-                source,
                 precision,
+                out,
                 calib=calib,
-                int8=Int8Options(target="tensorrt"),
                 gate=GateSettings(holdout=holdout),
-            )
-        manifest = build_engine(
-            BuildOptions(
-                onnx=source,
-                precision=precision,
-                out=plan,
+                reference=reference,
                 max_patches=max_patches,
                 workspace_mb=workspace,
                 dla_core=dla_core,
                 device=device,
+                on_report=lambda report: typer.echo("\n".join(report.lines())),
             )
-        )
+        except (GateFailed, PlanCheckFailed) as exc:
+            print_error(str(exc))
+            raise typer.Exit(EXIT_GATE_FAILED) from None
+        manifest = built.manifest
+        typer.echo(f"plan vs {built.reference_onnx}: image logits {built.check.summary()}")
         typer.echo(
-            f"wrote {plan} ({manifest.precision}, TensorRT {manifest.tensorrt_version}, {manifest.gpu_name} "
+            f"wrote {built.plan} ({manifest.precision}, TensorRT {manifest.tensorrt_version}, {manifest.gpu_name} "
             f"sm {manifest.compute_capability}, profile N {manifest.profile.min}..{manifest.profile.max}) "
-            f"and {plan.with_suffix('.json')}"
+            f"and {built.plan.with_suffix('.json')}"
         )
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cxr_edge.commands.common import EXIT_GATE_FAILED, one_line_errors, print_error
+from cxr_edge.compare import EXPORT as PARITY_TOLERANCE
 
 
 def export_command(
@@ -20,7 +21,10 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output ONNX file (written atomically).")],
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset (>= 17).")] = 17,
     parity: Annotated[bool, typer.Option(help="Check ONNX Runtime against PyTorch (recommended).")] = True,
-    tolerance: Annotated[float, typer.Option(help="Largest allowed max abs logit difference.")] = 1e-3,
+    atol: Annotated[
+        float, typer.Option(help="Parity: absolute logit tolerance (|onnx - torch| <= atol + rtol*|torch|).")
+    ] = PARITY_TOLERANCE.atol,
+    rtol: Annotated[float, typer.Option(help="Parity: relative logit tolerance.")] = PARITY_TOLERANCE.rtol,
     threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch (default: all).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, only the summary line.")] = False,
 ) -> None:
@@ -29,6 +33,7 @@ def export_command(
     variant, checkpoint sha256 and package version in the ONNX metadata."""
     from rich.console import Console
 
+    from cxr_edge.compare import Tolerance
     from cxr_edge.export import ParityError, export_onnx
 
     console = Console(stderr=True)
@@ -55,7 +60,7 @@ def export_command(
                 metadata,
                 parity=parity,
                 opset=opset,
-                tolerance=tolerance,
+                tolerance=Tolerance(atol=atol, rtol=rtol),
                 console=None if quiet else console,
             )
         except ParityError as exc:
@@ -64,10 +69,10 @@ def export_command(
     total = time.perf_counter() - start
     parity_text = (
         "parity skipped"
-        if not report.parity_max_abs_diff
+        if report.parity is None
         else "parity max |diff| "
         + ", ".join(f"N={n}: {d:.2e}" for n, d in report.parity_max_abs_diff.items())
-        + f" (<= {tolerance:g}); logit std {report.logit_std:.2f}"
+        + f"; {report.parity.summary()}"
     )
     typer.echo(
         f"{out}: {report.onnx_bytes / 1e6:.1f} MB, {report.nodes} nodes, opset {report.opset}, "

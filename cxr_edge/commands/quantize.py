@@ -52,15 +52,30 @@ def quantize_command(
         Path | None, typer.Option(help="Calibration set: folder or list file of real X-rays (int8).")
     ] = None,
     target: Annotated[
-        str, typer.Option(help="int8 activations: 'cpu' = uint8 (ONNX Runtime), 'tensorrt' = symmetric int8.")
+        str,
+        typer.Option(
+            help="int8 recipe: 'cpu' = ONNX Runtime's fastest (uint8 activations, every quantizable op); "
+            "'tensorrt' = TensorRT's placement (symmetric int8 at Conv/Gemm and residual-Add inputs)."
+        ),
     ] = _INT8.target,
+    high_precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Precision of the unquantized rest: fp16 or fp32 (default: fp16 for tensorrt, fp32 for cpu)."
+        ),
+    ] = None,
     method: Annotated[
-        str, typer.Option(help="Activation ranges: percentile, entropy or minmax.")
-    ] = _INT8.method,
+        str | None,
+        typer.Option(
+            help="Activation ranges: percentile, mse (symmetric only), entropy or minmax "
+            "(default: mse for tensorrt, percentile for cpu)."
+        ),
+    ] = None,
     percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = _INT8.percentile,
     keep_float: Annotated[
-        str, typer.Option(help="Groups kept in float32: any of stem,se,head, or 'none'.")
-    ] = "stem,se,head",
+        str | None,
+        typer.Option(help="Groups left unquantized: any of stem,se,head, or 'none' (default: the target's)."),
+    ] = None,
     holdout: Annotated[
         Path | None, typer.Option(help="Held-out real X-rays for the gate (folder or list file).")
     ] = None,
@@ -81,13 +96,18 @@ def quantize_command(
     ] = _SAMPLING.shifts_per_image,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: all cores).")] = None,
     calibration_dir: Annotated[
-        Path, typer.Option(help="Where the calibration manifest and range cache go.")
-    ] = Path("calibration"),
+        Path | None,
+        typer.Option(help="Where the calibration manifest and range cache go (default: beside --out)."),
+    ] = None,
 ) -> None:
     """Make a precision-specific ONNX and print the accuracy gate against float32."""
     with one_line_errors():
         options = Int8Options(
-            target=target, method=method, percentile=percentile, keep_float=parse_keep_float(keep_float)
+            target=target,
+            method=method,
+            percentile=percentile,
+            keep_float=None if keep_float is None else parse_keep_float(keep_float),
+            high_precision=high_precision,
         )
         gate = GateSettings(
             holdout=holdout,
@@ -109,11 +129,13 @@ def quantize_command(
         )
         if result.kept_float:
             counts = ", ".join(f"{g} {len(n)} nodes" for g, n in result.kept_float.items())
-            typer.echo(f"kept in float32: {counts}")
-        if result.calibration is not None:
+            typer.echo(f"not quantized ({options.remainder_precision}): {counts}")
+        if precision == "int8":
+            typer.echo("Q/DQ: " + ", ".join(f"{k} {v}" for k, v in result.census.items()))
+        if result.calibration is not None and result.calibration_dir is not None:
             typer.echo(
                 f"calibration: {len(result.calibration.images)} images, {len(result.calibration.patches)} patches, "
-                f"manifest {calibration_dir / (result.calibration.name + '.manifest.json')}"
+                f"manifest and range cache in {result.calibration_dir}"
             )
         typer.echo(f"wrote {out}")
 

@@ -4,18 +4,24 @@ Precision comes from the ONNX when the network is strongly typed (TensorRT >= 10
 it; 11 has nothing else): fp32 from the exported ONNX, fp16 from the typed fp16 ONNX, int8 from
 the symmetric Q/DQ ONNX (``cxr_edge.quantize``). The FP16/INT8 builder flags are used only for a
 weakly typed network, i.e. only for DLA builds on a TensorRT that still has those flags.
+
+Before a plan is written it can be checked (``PlanCheck``, see ``engine/plan_check.py``): a plan
+that fails is not written. Versions: TensorRT 10.3 (JetPack 6.1/6.2) through 11.x; DLA is feature-detected
+(TensorRT 11.0 to 11.3 have none; 11.4.1 has it again on Jetson AGX Orin).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from cxr_edge import __version__
-from cxr_edge.atomic import write_bytes_atomic
+from cxr_edge.atomic import atomic_path, write_bytes_atomic
+from cxr_edge.compare import Comparison
 from cxr_edge.digest import sha256_file
 from cxr_edge.engine.manifest import EngineManifest, write_manifest
 from cxr_edge.engine.profile import DEFAULT_PROFILE_MAX_PATCHES, BatchProfile, size_profile
@@ -33,14 +39,36 @@ TENSORRT_MISSING = (
 )
 
 
+#: Oldest TensorRT this code is written for (JetPack 6.1 and 6.2 ship 10.3; JetPack 6.0 ships 8.6).
+MIN_TENSORRT = (10, 3)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)`` (non-numeric parts end the tuple)."""
+    parts = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
 def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or CxrEdgeError(TENSORRT_MISSING). The stubs package alone does not count."""
+    """The ``tensorrt`` module, or CxrEdgeError(TENSORRT_MISSING), or one line when it is older
+    than ``MIN_TENSORRT``. The stubs package alone does not count."""
     try:
         import tensorrt
     except ImportError as exc:
         raise CxrEdgeError(None, TENSORRT_MISSING) from exc
     if not hasattr(tensorrt, "Builder"):
         raise CxrEdgeError(None, TENSORRT_MISSING)
+    version = str(getattr(tensorrt, "__version__", "0"))
+    if version_tuple(version)[:2] < MIN_TENSORRT:
+        raise CxrEdgeError(
+            None,
+            f"TensorRT {version} is too old: cxr-edge needs 10.3 or newer (JetPack 6.0 ships 8.6; "
+            "JetPack 6.1 and 6.2 ship 10.3; on x86 run \"pip install 'cxr-edge[gpu]'\")",
+        )
     module: ModuleType = tensorrt
     return module
 
@@ -57,6 +85,18 @@ class BuildOptions:
     dla_core: int | None = None
     timing_cache: Path | None = None
     device: int = 0
+
+
+#: Checks a built plan before it is written: (plan file, its manifest) -> comparison with a reference.
+PlanCheck = Callable[[Path, EngineManifest], Comparison]
+
+
+class PlanCheckFailed(CxrEdgeError):
+    """The built plan does not reproduce the reference ONNX within tolerance; nothing was written."""
+
+    def __init__(self, path: Path, comparison: Comparison) -> None:
+        self.comparison = comparison
+        super().__init__(path, f"plan vs ONNX check failed, plan not written: {comparison.summary()}")
 
 
 def timing_cache_path(engines_dir: Path, tensorrt_version: str, compute_capability: str) -> Path:
@@ -80,13 +120,33 @@ def make_logger() -> trt.ILogger:
 
 
 def use_strong_typing(trt_module: ModuleType, dla: bool) -> bool:
-    """Strongly typed unless there is no such flag, or a DLA build on a TensorRT with FP16/INT8 flags."""
+    """Strongly typed unless this TensorRT has weak typing (FP16/INT8 builder flags) and either no
+    strongly typed flag or a DLA build (TensorRT 10.x DLA builds use the precision flags)."""
     has_strong = hasattr(trt_module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     has_flags = hasattr(trt_module.BuilderFlag, "FP16") and hasattr(trt_module.BuilderFlag, "INT8")
-    if not has_strong:
-        return False
-    # TensorRT 10.x DLA builds still use precision flags; 11.x has only strongly typed networks.
-    return not (dla and has_flags)
+    if not has_flags:
+        return True  # TensorRT 11.x: every network is strongly typed, the flags are gone
+    return has_strong and not dla
+
+
+def network_flags(trt_module: ModuleType, strongly_typed: bool) -> int:
+    """``create_network`` flags: the STRONGLY_TYPED bit where that flag exists (11.x may drop it)."""
+    flag = getattr(trt_module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if strongly_typed and flag is not None else 0
+
+
+def check_dla(trt_module: ModuleType, builder: trt.Builder, dla_core: int) -> None:
+    """One line when this TensorRT or device offers no DLA, or not core ``dla_core``."""
+    version = str(getattr(trt_module, "__version__", "?"))
+    cores = int(getattr(builder, "num_DLA_cores", 0)) if hasattr(trt_module.DeviceType, "DLA") else 0
+    if cores == 0:
+        raise CxrEdgeError(
+            None,
+            f"--dla-core {dla_core}: TensorRT {version} on this device offers no DLA (DLA exists on Jetson "
+            "Orin AGX/NX with TensorRT 10.x of JetPack 6.1/6.2, or 11.4.1+ on JetPack 7.2.2+; 11.0-11.3 have none)",
+        )
+    if cores <= dla_core:
+        raise CxrEdgeError(None, f"--dla-core {dla_core}: this device has {cores} DLA core(s)")
 
 
 def _parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx: Path) -> trt.OnnxParser:
@@ -134,10 +194,6 @@ def _configure(
             if flag_name == "INT8" and hasattr(trt.BuilderFlag, "FP16"):
                 config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized run in fp16
     if options.dla_core is not None:
-        if builder.num_DLA_cores <= options.dla_core:
-            raise CxrEdgeError(
-                None, f"--dla-core {options.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)"
-            )
         if options.precision == "fp32":
             raise CxrEdgeError(
                 None, "DLA runs fp16 or int8 only; use --precision fp16 or int8 with --dla-core"
@@ -173,8 +229,9 @@ def precision_of_onnx(metadata: ModelMetadata) -> str:
     return metadata.precision if metadata.precision in PRECISIONS else "fp32"
 
 
-def build_engine(options: BuildOptions) -> EngineManifest:
-    """Build and write ``options.out`` (plan), its manifest and the timing cache; return the manifest."""
+def build_engine(options: BuildOptions, check: PlanCheck) -> tuple[EngineManifest, Comparison]:
+    """Build ``options.out`` (plan), ``check`` it, then write it, its manifest and the timing cache;
+    return the manifest and the check's comparison. PlanCheckFailed: nothing written."""
     trt_module = import_tensorrt()
     import tensorrt as trt
 
@@ -205,9 +262,10 @@ def build_engine(options: BuildOptions) -> EngineManifest:
 
     logger = make_logger()
     builder = trt.Builder(logger)
+    if options.dla_core is not None:
+        check_dla(trt_module, builder, options.dla_core)
     strongly_typed = use_strong_typing(trt_module, dla)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt_module, strongly_typed))
     parser = _parse_onnx(network, logger, options.onnx)
     if network.num_inputs != 1 or network.num_outputs != 1:
         raise CxrEdgeError(
@@ -227,24 +285,27 @@ def build_engine(options: BuildOptions) -> EngineManifest:
         raise CxrEdgeError(
             options.onnx, "TensorRT failed to build an engine (see the tensorrt: messages above)"
         )
-    write_bytes_atomic(options.out, bytes(memoryview(serialized)))
+    with atomic_path(options.out) as tmp:
+        tmp.write_bytes(bytes(memoryview(serialized)))
+        manifest = EngineManifest(
+            tensorrt_version=version,
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            precision=options.precision,
+            profile=profile,
+            onnx_file=str(options.onnx),
+            onnx_sha256=sha256_file(options.onnx),
+            plan_sha256=sha256_file(tmp),
+            metadata=metadata,
+            input_name=network.get_input(0).name,
+            output_name=network.get_output(0).name,
+            dla_core=options.dla_core,
+            strongly_typed=strongly_typed,
+            package_version=__version__,
+        )
+        comparison = check(tmp, manifest)
+        if not comparison.passed:
+            raise PlanCheckFailed(options.out, comparison)
     write_bytes_atomic(cache_path, bytes(memoryview(cache.serialize())))
-
-    manifest = EngineManifest(
-        tensorrt_version=version,
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
-        precision=options.precision,
-        profile=profile,
-        onnx_file=str(options.onnx),
-        onnx_sha256=sha256_file(options.onnx),
-        plan_sha256=sha256_file(options.out),
-        metadata=metadata,
-        input_name=network.get_input(0).name,
-        output_name=network.get_output(0).name,
-        dla_core=options.dla_core,
-        strongly_typed=strongly_typed,
-        package_version=__version__,
-    )
     write_manifest(options.out, manifest)
-    return manifest
+    return manifest, comparison

@@ -2,7 +2,8 @@
 
 Both models run through the pipeline (``CxrEdge`` on ONNX Runtime, CPU), exactly like ``infer``.
 Measures:
-- max |image logit difference| (mean of the 64 unshifted patch logits) over all gate images;
+- image logits (mean of the 64 unshifted patch logits) of every gate image, compared element by
+  element with ``cxr_edge.compare`` at the candidate precision's tolerance (``BY_PRECISION``);
 - per-class AUROC difference on labelled phantoms (classes with both outcomes present);
 - Pearson r of the S=4 smooth scaled saliency maps, per image over all classes (real + phantoms);
 - speed: median seconds for the same patch batch, float32 vs candidate, runs interleaved.
@@ -17,14 +18,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxr_edge.compare import BY_PRECISION, Comparison, compare
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.evaluate.metrics import auroc
 
 if TYPE_CHECKING:
     from cxr_edge.backends.base import PatchBackend
+    from cxr_edge.metadata import ModelMetadata
     from cxr_edge.pipeline import CxrEdge
 
 GATE_STEPS = 4
+#: Shift grid of the patches a TensorRT plan is checked on (``check_patches``).
+CHECK_STEPS = 2
 MIN_MAP_R = 0.98
 MAX_AUROC_DIFF = 0.01
 #: Phantom seeds far from any training range, so gate phantoms are held out.
@@ -45,8 +50,10 @@ class GateImage:
 
 @dataclass
 class GateReport:
+    """``logits``: image logits ``(images, C)`` of the candidate against float32 (elementwise)."""
+
     precision: str
-    max_abs_logit_diff: float
+    logits: Comparison
     auroc_diff: dict[str, float]
     map_r: dict[str, float]
     n_auroc_images: int
@@ -56,6 +63,10 @@ class GateReport:
     min_map_r: float = MIN_MAP_R
     max_auroc_diff: float = MAX_AUROC_DIFF
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_logit_diff(self) -> float:
+        return self.logits.max_abs_diff
 
     @property
     def worst_map_r(self) -> float:
@@ -71,12 +82,13 @@ class GateReport:
             bool(self.map_r)
             and self.worst_map_r >= self.min_map_r
             and self.worst_auroc_diff <= self.max_auroc_diff
+            and self.logits.passed
         )
 
     def lines(self) -> list[str]:
         """The human-readable gate, printed by ``cxr-edge quantize`` every time."""
         out = [f"accuracy gate ({self.precision} vs fp32, ONNX Runtime CPU):"]
-        out.append(f"  max |image logit diff|      {self.max_abs_logit_diff:.4f}")
+        out.append(f"  image logits: {self.logits.summary()}")
         if self.auroc_diff:
             worst = max(self.auroc_diff, key=lambda k: self.auroc_diff[k])
             out.append(
@@ -134,6 +146,21 @@ def _image_logits_and_maps(edge: CxrEdge, image: GateImage) -> tuple[np.ndarray,
     return prediction.maps.logits, prediction.maps.scaled if image.maps else None
 
 
+def check_patches(images: list[GateImage], metadata: ModelMetadata) -> np.ndarray:
+    """The S=2 shifted copies of every map image, ``(4 * images * 64, 1, P, P) float32``, prepared
+    like ``infer``: what a TensorRT plan is checked on (zero-padded patches included)."""
+    from cxr_edge.pipeline import prepare_image
+    from cxr_edge.tile import shift_pairs, tile_shifts
+
+    pairs = shift_pairs(CHECK_STEPS, metadata.patch_size)
+    chosen = [image for image in images if image.maps]
+    if not chosen:
+        raise CxrEdgeError(None, "the plan check needs at least one held-out image with maps")
+    return np.concatenate(
+        [tile_shifts(prepare_image(i.image, metadata).model_input, pairs, metadata.patch_size) for i in chosen]
+    )
+
+
 def _median_seconds(backends: list[PatchBackend], patches: np.ndarray, repeats: int) -> list[float]:
     times: list[list[float]] = [[] for _ in backends]
     for backend in backends:
@@ -186,7 +213,7 @@ def run_gate(
 
     report = GateReport(
         precision=precision,
-        max_abs_logit_diff=float(np.abs(ref_arr - cand_arr).max()),
+        logits=compare(cand_arr, ref_arr, BY_PRECISION[precision]),
         auroc_diff=auroc_diff,
         map_r=map_r,
         n_auroc_images=len(labelled),
