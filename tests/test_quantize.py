@@ -293,9 +293,15 @@ def test_tensorrt_graph_has_qdq_only_where_tensorrt_wants_it(tiny_onnx: Path, te
         assert len(node.input) < 3 or inits[node.input[2]].dtype == np.float16
     for node in convs:
         if node.name in kept:  # kept groups get no Q/DQ at all
-            assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+            assert (
+                producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+            )
     adds = [n for n in model.graph.node if n.op_type == "Add"]
-    residual_pairs = [n for n in adds if any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in n.input)]
+    residual_pairs = [
+        n
+        for n in adds
+        if any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
     assert residual_pairs and all(  # exactly one input of such an Add is quantized: the skip input
         sum(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input) == 1
         for n in residual_pairs
@@ -314,7 +320,9 @@ def _named(path: Path) -> onnx.ModelProto:
     return model
 
 
-def test_inspection_catches_what_onnxruntime_places_by_default(tiny_onnx: Path, calib_folder: Path, tmp_path: Path) -> None:
+def test_inspection_catches_what_onnxruntime_places_by_default(
+    tiny_onnx: Path, calib_folder: Path, tmp_path: Path
+) -> None:
     """The check above is not vacuous: ONNX Runtime's own QDQ output (the cpu recipe) breaks it."""
     meta = ModelMetadata.from_onnx(tiny_onnx)
     calib = load_calibration_set(calib_folder, meta, SamplingSettings(patches_per_image=16))
@@ -337,7 +345,10 @@ def _demo_tensorrt_models() -> tuple[onnx.ModelProto, dict[str, onnx.ModelProto]
     keep = [n for group in find_float_groups(model).values() for n in group]
     (cache,) = (Path(__file__).resolve().parents[1] / "calibration").glob("*-tensorrt-mse.ranges.json")
     ranges = _read_cache(cache, "mse")
-    placed = {hp: place_qdq(model, lambda t: absmax(ranges, t), keep, high_precision=hp)[0] for hp in ("fp32", "fp16")}
+    placed = {
+        hp: place_qdq(model, lambda t: absmax(ranges, t), keep, high_precision=hp)[0]
+        for hp in ("fp32", "fp16")
+    }
     return model, placed
 
 
@@ -371,7 +382,10 @@ def test_census_counts_the_tensorrt_graph(tensorrt_int8: Path) -> None:
     ops = [n.op_type for n in model.graph.node]
     assert census["QuantizeLinear"] == ops.count("QuantizeLinear") == census["activation pairs"]
     assert census["DequantizeLinear"] == ops.count("DequantizeLinear")
-    assert census["activation pairs"] == census["activation pairs into Conv/Gemm"] + census["activation pairs into Add"]
+    assert (
+        census["activation pairs"]
+        == census["activation pairs into Conv/Gemm"] + census["activation pairs into Add"]
+    )
     assert census["int8 weight DequantizeLinear"] == census["activation pairs into Conv/Gemm"]
     for kind in ("int32 DequantizeLinear (quantized biases)", "shared DequantizeLinear", "non-zero zero points",
                  "activation pairs into other ops only"):  # fmt: skip

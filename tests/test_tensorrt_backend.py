@@ -548,7 +548,17 @@ def test_build_engine_command_checks_the_plan_and_exits_3(monkeypatch, tmp_path)
     _install_builder_fakes(monkeypatch, tmp_path)
     onnx = _gemm_onnx(tmp_path / "m.onnx", WEIGHTS, "fp32")
     plan = tmp_path / "engines" / "m-fp32.plan"
-    args = ["build-engine", "--onnx", str(onnx), "--precision", "fp32", "--max-patches", "128", "--out", str(plan)]
+    args = [
+        "build-engine",
+        "--onnx",
+        str(onnx),
+        "--precision",
+        "fp32",
+        "--max-patches",
+        "128",
+        "--out",
+        str(plan),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert f"plan vs {onnx}: image logits max |diff|" in result.output and "passed" in result.output
@@ -568,12 +578,19 @@ def test_dla_without_dla_support_is_one_line(monkeypatch, tmp_path) -> None:
 
     _install_builder_fakes(monkeypatch, tmp_path)
     source = _gemm_onnx(tmp_path / "m.fp16.onnx", WEIGHTS, "fp16")
-    options = BuildOptions(onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=0, max_patches=128)
-    with pytest.raises(CxrEdgeError, match=r"TensorRT 10.3.0.30 on this device offers no DLA .*11.0-11.3 have none"):
+    options = BuildOptions(
+        onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=0, max_patches=128
+    )
+    with pytest.raises(
+        CxrEdgeError, match=r"TensorRT 10.3.0.30 on this device offers no DLA .*11.0-11.3 have none"
+    ):
         build_engine(options, check=lambda plan, manifest: pytest.fail("no build without DLA"))
     monkeypatch.setattr(FakeBuilder, "num_DLA_cores", 1)
     with pytest.raises(CxrEdgeError, match="--dla-core 1: this device has 1 DLA core"):
-        build_engine(BuildOptions(onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=1), check=lambda p, m: pytest.fail())
+        build_engine(
+            BuildOptions(onnx=source, precision="fp16", out=tmp_path / "m.plan", dla_core=1),
+            check=lambda p, m: pytest.fail(),
+        )
 
 
 # --- real TensorRT on a real GPU ---------------------------------------------------------------

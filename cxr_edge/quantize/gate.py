@@ -157,7 +157,10 @@ def check_patches(images: list[GateImage], metadata: ModelMetadata) -> np.ndarra
     if not chosen:
         raise CxrEdgeError(None, "the plan check needs at least one held-out image with maps")
     return np.concatenate(
-        [tile_shifts(prepare_image(i.image, metadata).model_input, pairs, metadata.patch_size) for i in chosen]
+        [
+            tile_shifts(prepare_image(i.image, metadata).model_input, pairs, metadata.patch_size)
+            for i in chosen
+        ]
     )
 
 
