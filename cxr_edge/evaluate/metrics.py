@@ -16,18 +16,23 @@ import numpy as np
 CALIBRATION_BINS = 10
 
 
+def _labelled_scores(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(y (N,) bool, s (N,) float64, positives, negatives)`` of 0/1 ``targets`` and ``scores``."""
+    y = np.asarray(targets).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
+    n_pos = int(y.sum())
+    return y, s, n_pos, y.size - n_pos
+
+
 def auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for 0/1 ``targets`` (both ``(N,)``).
 
     Equals P(score of a random positive > score of a random negative) + 0.5 P(tie), computed from
     average ranks in O(N log N). NaN when only one class is present.
     """
-    y = np.asarray(targets).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
+    y, s, n_pos, n_neg = _labelled_scores(targets, scores)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(s, kind="mergesort")
@@ -104,12 +109,7 @@ def roc_curve(targets: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.n
     highest threshold down, plus the origin (threshold +inf). Trapezoids under it sum to
     ``auroc`` (a run of tied scores is one diagonal step, worth one half). Needs both classes.
     """
-    y = np.asarray(targets).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"targets {y.shape} and scores {s.shape} differ in shape")
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
+    y, s, n_pos, n_neg = _labelled_scores(targets, scores)
     if n_pos == 0 or n_neg == 0:
         raise ValueError("a ROC curve needs positives and negatives")
     levels, inverse = np.unique(s, return_inverse=True)
