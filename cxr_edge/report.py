@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr_edge.explain.decisive import decisive_json, decisive_patches
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, finding_evidence
+from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, standalone_evidence
 from cxr_edge.explain.rationale import rationale_json
 from cxr_edge.explain.shortcuts import shortcut_json, shortcut_warnings
 from cxr_edge.postprocess import map_peak
@@ -62,15 +62,15 @@ def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled
 
     ``peak``: the strongest evidence for the finding (map maximum), at ``x``, ``y`` in
     original-image pixels, ``value`` in logit units. ``border_share``: fraction of the
-    finding's evidence (``explain.evidence.finding_evidence``: the map's part above the
-    decision logit) inside the border band of width ``BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
+    finding's standalone evidence (``explain.evidence.standalone_evidence``: the map's part
+    above logit 0, what the shortcut warnings weigh) inside the border band of width ``BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
     the value an evenly spread map would give. ``peak_in_border``: the peak lies in the band.
     """
     m = prediction.value_map(label, map_kind)
     n = m.shape[0]
     band = border_band(n)
     row, col = map_peak(m)
-    share = evidence_share(finding_evidence(prediction, label, map_kind), band)
+    share = evidence_share(standalone_evidence(prediction, label, map_kind), band)
     crop = prediction.crop
     scale = crop.side / n
     return {

@@ -4,8 +4,12 @@ A call is positive when the mean patch logit reaches the decision logit ``t`` (t
 probability as a logit; 0, i.e. p = 0.5, for a model without thresholds), so each patch pushes
 toward the call by ``l - t``. The *decision map* of a finding is its saliency map relative to
 ``t`` (``decision_map``): the shift average of ``l - t``, zero outside each shifted copy. Its
-positive part is the finding's *evidence* (red on the default overlay); a region's *share* is
-its part of the total evidence. The border band is the frame of width ``BORDER_FRACTION`` of
+positive part is the finding's *evidence* for the call (``finding_evidence``: red on the default
+overlay; the rationale's zones). The *standalone evidence* (``standalone_evidence``) is the map's
+part above logit 0: where patches argue for the finding on their own (p > 0.5), whatever the
+threshold; strong, localised evidence of that kind on a film's border or outside the body is
+what a shortcut looks like (``shortcuts``), and a broad, weak excess over a low threshold does not
+dilute it. A region's *share* is its part of the total of either. The border band is the frame of width ``BORDER_FRACTION`` of
 the side (32 px of 512): film edges, collimator shadows and text markers sit there.
 """
 
@@ -73,6 +77,11 @@ def decision_map(
 def finding_evidence(prediction: Prediction, label: str, map_kind: str = "scaled") -> np.ndarray:
     """``(N, N) float64 >= 0``: the positive part of the finding's ``decision_map``."""
     return positive_evidence(decision_map(prediction, label, map_kind))
+
+
+def standalone_evidence(prediction: Prediction, label: str, map_kind: str = "scaled") -> np.ndarray:
+    """``(N, N) float64 >= 0``: the positive part of the finding's map itself (above logit 0)."""
+    return positive_evidence(prediction.value_map(label, map_kind))
 
 
 def positive_evidence(value_map: np.ndarray) -> np.ndarray:

@@ -1,6 +1,9 @@
 """Shortcut warnings: a finding whose evidence sits on the film's border or outside the body.
 
-Evidence is the positive part of the finding's map (``cxr_edge.explain.evidence``). Two checks:
+Evidence here is the finding's *standalone* evidence, the positive part of its map (above
+logit 0: patches that argue for the finding on their own; ``cxr_edge.explain.evidence``), so a
+marker the model keys on stands out even when a low threshold makes weak evidence everywhere
+count toward the call. Two checks:
 
 - ``border``: the share in the border band (``BORDER_FRACTION`` of the side, 23% of the area)
   is at least ``BORDER_WARNING_SHARE`` (one half: more than twice what an evenly spread map
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.explain.body import body_mask
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, finding_evidence
+from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, standalone_evidence
 from cxr_edge.prediction import Prediction
 
 #: Border-band share of the evidence at which a finding is flagged.
@@ -56,7 +59,7 @@ def shortcut_warnings(
     outside = ~body
     found = []
     for label in labels:
-        positive = finding_evidence(prediction, label, map_kind)
+        positive = standalone_evidence(prediction, label, map_kind)
         checks = (
             (
                 "border",
