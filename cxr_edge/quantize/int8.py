@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxr_edge.calibration import CalibrationSet
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.quantize.graph import graph_links
 
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("percentile", "mse", "entropy", "minmax")
@@ -134,13 +134,7 @@ def find_float_groups(model: Any) -> dict[str, list[str]]:
     head: the last 1x1 Conv + SiLU, the final pooling, Flatten and the Gemm/MatMul classifier.
     """
     graph = model.graph
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    producer: dict[str, Any] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-        for name in node.output:
-            producer[name] = node
+    consumers, producer = graph_links(graph)
     groups: dict[str, list[Any]] = {"stem": [], "se": [], "head": []}
 
     graph_inputs = {i.name for i in graph.input}

@@ -8,10 +8,12 @@ more than one node, and non-zero zero points.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import numpy as np
+
+from cxr_edge.quantize.graph import graph_links
 
 WEIGHTED = frozenset({"Conv", "Gemm", "MatMul", "ConvTranspose"})
 
@@ -22,10 +24,7 @@ def qdq_census(model: Any) -> dict[str, int]:
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
+    consumers, _ = graph_links(graph)
     counts: Counter[str] = Counter(
         {
             "QuantizeLinear": 0,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.quantize.graph import graph_links
 
 WEIGHTED_OPS = ("Conv", "Gemm")
 HIGH_PRECISIONS = ("fp16", "fp32")
@@ -164,13 +165,7 @@ def place_qdq(
     graph = model.graph
     skip = set(keep_float)
     inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[Any]] = defaultdict(list)
-    producers: dict[str, Any] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-        for name in node.output:
-            producers[name] = node
+    consumers, producers = graph_links(graph)
 
     builder = _Builder(model, np.float16 if high_precision == "fp16" else np.float32)
     weighted = residual = weights = 0
