@@ -3,24 +3,16 @@ finding and its map peaks on it (ground truth from the phantom renderer, not sto
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from tool_modules import load_tool
 
 from cxr_edge.assets import ASSETS_DIR, DEMO_MODEL_NAME, SAMPLE_IMAGE_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def load_train_demo():
-    spec = importlib.util.spec_from_file_location("train_demo", ROOT / "tools" / "train_demo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("train_demo")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kernel_emulation import emulate_overlay
+from tool_modules import load_tool
 
 from cxr_edge.errors import CxrEdgeError
 
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[1]
 #: The CPU pipeline and the device path agree to this fraction of the map's largest magnitude.
 REL_TOL = 1e-4
-
-
-def _load_tool(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +87,7 @@ def device_edge(model: Any, onnx_path: Path, library: str, chunk_patches: int = 
     from cxr_edge.pipeline import CxrEdge
 
     metadata = OnnxRuntimeBackend(onnx_path).metadata
-    backend = _load_tool("torch_device_backend").TorchDeviceBackend(model, metadata, chunk_patches)
+    backend = load_tool("torch_device_backend").TorchDeviceBackend(model, metadata, chunk_patches)
 
     def host_path(*args: object) -> None:
         raise AssertionError("the device path fell back to host patches")

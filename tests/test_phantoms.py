@@ -87,16 +87,9 @@ def test_prevalence_controls_labels():
 
 
 def load_train_demo():
-    import importlib.util
-    from pathlib import Path
+    from tool_modules import load_tool
 
-    spec = importlib.util.spec_from_file_location(
-        "train_demo", Path(__file__).resolve().parents[1] / "tools" / "train_demo.py"
-    )
-    assert spec is not None and spec.loader is not None
-    train_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_demo)
-    return train_demo
+    return load_tool("train_demo")
 
 
 def test_training_patch_targets_match_shifted_masks():

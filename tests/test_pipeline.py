@@ -500,14 +500,10 @@ def test_bench_cpu_smoke(tiny_model: object, tiny_onnx: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("steps", [1, 4])
 def test_bench_eager_reference_computes_the_same_maps(steps: int) -> None:
     """The bench's PyTorch eager pipeline must compute what it is compared against."""
-    import importlib.util
-
     import torch
+    from tool_modules import load_tool
 
-    bench_path = Path(__file__).resolve().parents[1] / "tools" / "bench_cpu.py"
-    spec = importlib.util.spec_from_file_location("bench_cpu", bench_path)
-    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    bench = load_tool("bench_cpu")
 
     backend = LinearBackend(seed=steps)
 
