@@ -87,7 +87,7 @@ def test_spool_admits_durably_once_and_pushes_back_when_full(tmp_path: Path) -> 
     with pytest.raises(SpoolFull, match=r"spool full \(0 of 0 MiB\); retry later"):
         spool.admit("1.2.4", b"y" * 600)
     assert spool.pending() == ["1.2.3"]
-    for bad in ("../etc/passwd", "1.02.3", "1..2", "", "1." + "2" * 70):
+    for bad in ("../etc/passwd", "1.02.3", "1..2", "", "1." + "2" * 70, "1.2.3\n"):
         with pytest.raises(ValueError):
             spool.admit(bad, b"z")
     assert not list(spool.incoming.glob(".*"))  # no temporaries left behind

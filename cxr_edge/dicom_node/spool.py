@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pydicom.uid import RE_VALID_UID
+
 from cxr_edge.atomic import fsync_path, write_bytes_atomic, write_text_atomic
 from cxr_edge.errors import CxrEdgeError
-
-#: DICOM PS3.5 9.1: digits and dots, no empty or zero-padded components, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: Free disk space the spool leaves to everything else on the machine.
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
@@ -38,7 +37,9 @@ MANIFEST = "manifest.json"
 
 
 def is_uid(text: str) -> bool:
-    return len(text) <= 64 and bool(_UID.match(text))
+    """DICOM PS3.5 9.1: digits and dots, no empty or zero-padded components, at most 64
+    characters (the whole text: a trailing newline is not a UID)."""
+    return len(text) <= 64 and re.fullmatch(RE_VALID_UID, text) is not None
 
 
 class SpoolFull(Exception):
