@@ -155,10 +155,6 @@ class Spool:
         with self._arrived:
             self._arrived.wait(timeout)
 
-    def wake(self) -> None:
-        with self._arrived:
-            self._arrived.notify_all()
-
     # -- the worker's side ---------------------------------------------------------------------
 
     def pending(self) -> list[str]:

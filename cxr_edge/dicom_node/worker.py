@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Longest sleep when there is nothing to do (arrivals wake the worker at once).
 IDLE_WAIT_S = 1.0
 
+#: The saliency map the overlays and the report are made from.
+MAP_KIND = "scaled"
+
 
 @dataclass
 class Backoff:
@@ -74,7 +77,6 @@ class Worker:
         steps: int,
         log: EventLog,
         backoff: Backoff | None = None,
-        map_kind: str = "scaled",
     ) -> None:
         self.edge = edge
         self.spool = spool
@@ -83,7 +85,6 @@ class Worker:
         self.steps = steps
         self.log = log
         self.backoff = backoff or Backoff()
-        self.map_kind = map_kind
         self._deliver_ms: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
@@ -126,11 +127,10 @@ class Worker:
             prediction = self.edge.predict(path, steps=self.steps)
             t1 = time.perf_counter()
             overlays = {
-                label: finding_overlay(prediction, label, self.map_kind)
-                for label in prediction.reported_labels()
+                label: finding_overlay(prediction, label, MAP_KIND) for label in prediction.reported_labels()
             }
             source = read_source(path)
-            results = build_dicom_results(prediction, source, overlays, self.map_kind)
+            results = build_dicom_results(prediction, source, overlays, MAP_KIND)
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop the node
             # CxrEdgeError problems name no header values; other messages might, so only the type.
             reason = (
