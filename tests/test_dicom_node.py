@@ -103,13 +103,14 @@ def test_spool_results_journal_finish_and_recover(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=10**9, min_free_bytes=0)
     spool.admit("1.5", b"image")
     assert spool.results("1.5") is None
-    spool.save_results(
+    saved = spool.save_results(
         "1.5",
         [("sc", "Edema", "1.2.840.1", "2.25.1", b"sc"), ("sr", "", "1.2.840.2", "2.25.2", b"sr")],
         {"infer_ms": 1},
     )
     results = spool.results("1.5")
     assert results is not None and [r.sop_instance_uid for r in results] == ["2.25.1", "2.25.2"]
+    assert saved == results  # what the worker delivers right away is what a restart reads back
     assert results[0].path.read_bytes() == b"sc" and spool.results_info("1.5") == {"infer_ms": 1}
     spool.mark_delivered("1.5", "D", "2.25.1")
     assert spool.delivered("1.5", "D") == {"2.25.1"} and spool.delivered("1.5", "E") == set()

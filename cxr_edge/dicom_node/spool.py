@@ -195,16 +195,19 @@ class Spool:
 
     def save_results(
         self, uid: str, results: list[tuple[str, str, str, str, bytes]], info: dict[str, Any]
-    ) -> None:
+    ) -> list[SpooledResult]:
         """Write (kind, label, sop_class_uid, sop_instance_uid, data) results and ``info``
-        durably; they appear under results/<uid>/ all at once."""
+        durably; they appear under results/<uid>/ all at once. Returns them as ``results`` will."""
         building = self.results_dir / f".{uid}.building"
+        folder = self.results_dir / uid
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir()
         manifest = []
+        saved = []
         for n, (kind, label, class_uid, instance_uid, data) in enumerate(results):
             name = f"{n:02d}.{kind}.dcm"
             write_bytes_atomic(building / name, data, durable=True)
+            saved.append(SpooledResult(kind, label, class_uid, instance_uid, folder / name))
             manifest.append(
                 {
                     "kind": kind,
@@ -215,8 +218,9 @@ class Spool:
                 }
             )
         write_text_atomic(building / MANIFEST, json.dumps({"results": manifest, "info": info}), durable=True)
-        os.replace(building, self.results_dir / uid)
+        os.replace(building, folder)
         fsync_path(self.results_dir)
+        return saved
 
     def delivered(self, uid: str, destination_key: str) -> set[str]:
         """SOP Instance UIDs of this image's results already delivered to a destination."""

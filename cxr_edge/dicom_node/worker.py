@@ -100,8 +100,7 @@ class Worker:
         for uid in self.spool.pending():
             results = self.spool.results(uid)
             if results is None:
-                if self._build(uid):
-                    results = self.spool.results(uid)
+                results = self._build(uid)
                 if results is not None:
                     self._deliver(uid, results)
                 return True
@@ -116,8 +115,8 @@ class Worker:
         sent = self.spool.delivered(uid, destination.key)
         return [r for r in results if r.sop_instance_uid not in sent]
 
-    def _build(self, uid: str) -> bool:
-        """Infer and file the results; False (and the image moved to failed/) when impossible."""
+    def _build(self, uid: str) -> list[SpooledResult] | None:
+        """Infer and file the results; None (and the image moved to failed/) when impossible."""
         from cxr_edge.dicom_results import build_dicom_results, read_source
         from cxr_edge.render import finding_overlay
 
@@ -139,17 +138,16 @@ class Worker:
             record = {"sop_instance_uid": uid, "reason": reason, "received_at": self._received_at(uid)}
             self.spool.fail(uid, record)
             self.log.write("failed", **record)
-            return False
+            return None
         info = {
             "study_instance_uid": str(source.StudyInstanceUID),
             "infer_ms": round((t1 - t0) * 1e3, 1),
             "build_ms": round((time.perf_counter() - t1) * 1e3, 1),
             "findings": list(overlays),
         }
-        self.spool.save_results(
+        return self.spool.save_results(
             uid, [(r.kind, r.label, r.sop_class_uid, r.sop_instance_uid, r.data) for r in results], info
         )
-        return True
 
     def _received_at(self, uid: str) -> float | None:
         try:
