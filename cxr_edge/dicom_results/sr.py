@@ -122,7 +122,7 @@ def build_structured_report(
             )
         )
     observer = hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=uids.device_observer,
             name="cxr-edge",
