@@ -40,7 +40,8 @@ PIXEL_CENTRE = 0.5
 
 
 def algorithm_version(prediction: Prediction) -> str:
-    """TID 4019 Algorithm Version: the runtime's version and the model file's full sha256."""
+    """TID 4019 Algorithm Version: the cxr-edge version that exported the model (its metadata's
+    ``package_version``; Software Versions has the runtime's) and the model file's full sha256."""
     return f"cxr-edge {prediction.metadata.package_version}; model sha256 {model_sha256(prediction)}"
 
 
