@@ -18,7 +18,7 @@ from typing_extensions import Self
 
 require_dicom_stack()
 
-from orthanc_harness import LOOPBACK, echo, free_port, send
+from orthanc_harness import LOOPBACK, echo, free_port, send, wait_for
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -264,7 +264,7 @@ def test_worker_delivers_once_retrying_a_destination_that_is_down(chest: np.ndar
         runner = threading.Thread(target=worker.run, args=(stop,))
         runner.start()
         try:
-            assert _wait(lambda: len(spool.pending()) == 0, 60)
+            assert wait_for(lambda: len(spool.pending()) == 0, 60, 0.05)
         finally:
             stop.set()
             runner.join(10)
@@ -281,17 +281,6 @@ def test_worker_delivers_once_retrying_a_destination_that_is_down(chest: np.ndar
         assert record["latency_ms"] >= record["infer_ms"] > 0
         assert record["study_instance_uid"] in {str(ds.StudyInstanceUID) for ds in images}
     assert not list(spool.incoming.iterdir()) and not list(spool.results_dir.iterdir())
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_worker_moves_an_undecodable_image_to_failed(chest: np.ndarray, tmp_path: Path) -> None:
