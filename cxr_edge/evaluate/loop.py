@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.evaluate.bootstrap import Summary, bootstrap_indices, interval, summarize
+from cxr_edge.evaluate.bootstrap import MIN_REPLICATES, Summary, bootstrap_indices, interval, summarize
 from cxr_edge.evaluate.datasets import Case, EvalDataset
 from cxr_edge.evaluate.maps import ImageMaps, MapSource
 from cxr_edge.evaluate.metrics import (
@@ -367,6 +367,8 @@ def evaluate_model(
     ``tune_on`` (a split disjoint from ``dataset``). ``replicates`` bootstrap draws with ``seed``."""
     if not 0.0 < fraction <= 1.0:
         raise CxrEdgeError(None, f"the mIoU fraction must be in (0, 1], got {fraction}")
+    if replicates and replicates < MIN_REPLICATES:
+        raise CxrEdgeError(None, f"--bootstrap must be 0 or >= {MIN_REPLICATES}, got {replicates}")
     chosen = [make_protocol(name, threshold_rule, fraction) for name in protocols]
     needs = [p.name for p in chosen if p.needs_tuning()]
     if needs and tune_on is None:
