@@ -221,7 +221,7 @@ def quantize_int8(
         if options.target == "tensorrt":
             from cxr_edge.quantize.tensorrt_qdq import place_qdq
 
-            quantized, _ = place_qdq(
+            quantized = place_qdq(
                 model, lambda t: absmax(ranges, t), exclude, high_precision=options.remainder_precision
             )
             onnx.save(quantized, str(onnx_out))
