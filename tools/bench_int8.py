@@ -15,8 +15,6 @@ medians. Calibration uses ``--patches-per-image`` patches per image (ranges, not
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
@@ -72,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             out = Path(tmp) / f"{len(models)}.onnx"
             start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                # one range cache per range kind and method: calibrate once, place many ways
-                quantize_int8(args.onnx, out, calib, options, cache=cache_path(calib, args.onnx, options, Path(tmp)))
+            # one range cache per range kind and method: calibrate once, place many ways
+            quantize_int8(
+                args.onnx, out, calib, options, cache=cache_path(calib, args.onnx, options, Path(tmp))
+            )
             print(f"quantized {recipe} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
             models[recipe] = OnnxRuntimeBackend(out, threads=args.threads)
         for backend in models.values():
