@@ -28,7 +28,7 @@ from cxr_edge.evaluate.metrics import (
     ReliabilityBin,
     auroc,
     binary_counts,
-    expected_calibration_error,
+    ece_from_bins,
     reliability_bins,
 )
 from cxr_edge.evaluate.protocols import make_protocol
@@ -202,6 +202,7 @@ def _classification(
                 sel = idx[valid[idx]]
                 reps.append(auroc(targets[sel, c], probabilities[sel, c]) if sel.size else math.nan)
             boot = interval(np.array(reps))
+        bins = reliability_bins(y, p)
         results.append(
             ClassResult(
                 label=label,
@@ -211,8 +212,8 @@ def _classification(
                 auroc_interval=boot,
                 threshold=float(thresholds[c]),
                 counts=binary_counts(y, p, thresholds[c]),
-                ece=expected_calibration_error(y, p) if y.size else math.nan,
-                calibration=reliability_bins(y, p),
+                ece=ece_from_bins(bins),
+                calibration=bins,
                 targets=y,
                 probabilities=p,
             )
