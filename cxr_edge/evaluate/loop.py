@@ -31,7 +31,7 @@ from cxr_edge.evaluate.metrics import (
     ece_from_bins,
     reliability_bins,
 )
-from cxr_edge.evaluate.protocols import make_protocol
+from cxr_edge.evaluate.protocols import DEFAULT_PROTOCOL, make_protocol
 from cxr_edge.evaluate.protocols.base import LocalizationProtocol, MapCase
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ def evaluate_cases(
     cases: Sequence[Case] | Iterator[Case],
     source: MapSourceFn,
     labels: Sequence[str],
-    thresholds: Sequence[float] | None,
+    thresholds: Sequence[float],
     protocols: Sequence[LocalizationProtocol],
     kinds: Sequence[str],
     replicates: int = 1000,
@@ -234,13 +234,13 @@ def evaluate_cases(
 ) -> tuple[list[ClassResult], list[ProtocolResult]]:
     """Score every case once for classification and under every protocol (tuned already).
 
-    ``source(image)`` gives the image's probabilities and maps of each of ``kinds``. Classes a
-    case has no target for are not scored on it. Decision thresholds default to 0.5 when the
-    model carries none. ``replicates`` bootstrap draws (0: point values only) with ``seed``.
+    ``source(image)`` gives the image's probabilities and maps of each of ``kinds``; ``thresholds``:
+    the decision threshold per class. Classes a case has no target for are not scored on it.
+    ``replicates`` bootstrap draws (0: point values only) with ``seed``.
     """
     labels = tuple(labels)
     kinds = tuple(kinds)
-    thr = tuple(thresholds) if thresholds is not None else (0.5,) * len(labels)
+    thr = tuple(thresholds)
     n_classes = len(labels)
     target_rows: list[np.ndarray] = []
     prob_rows: list[np.ndarray] = []
@@ -352,7 +352,7 @@ def evaluate_model(
     edge: CxrEdge,
     dataset: EvalDataset,
     steps: int,
-    protocols: Sequence[str] = ("chexlocalize",),
+    protocols: Sequence[str] = (DEFAULT_PROTOCOL,),
     map_kinds: Sequence[str] = ("raw", "scaled"),
     threshold_rule: str | float | None = None,
     fraction: float = 0.5,

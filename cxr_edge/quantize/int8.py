@@ -22,6 +22,7 @@ from typing import Any
 from cxr_edge.calibration import CalibrationSet
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.quantize.graph import graph_links
+from cxr_edge.quantize.tensorrt_qdq import HIGH_PRECISIONS, place_qdq
 
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("percentile", "mse", "entropy", "minmax")
@@ -71,7 +72,7 @@ class Int8Options:
             raise CxrEdgeError(
                 None, f"unknown --keep-float group(s) {sorted(unknown)}; use {KEEP_FLOAT_GROUPS}"
             )
-        if self.high_precision not in (None, "fp16", "fp32"):
+        if self.high_precision not in (None, *HIGH_PRECISIONS):
             raise CxrEdgeError(None, f"unknown --high-precision {self.high_precision!r}; use fp16 or fp32")
         if self.target == "cpu" and self.high_precision == "fp16":
             raise CxrEdgeError(
@@ -218,8 +219,6 @@ def quantize_int8(
             cache=cache_file,
         )
         if options.target == "tensorrt":
-            from cxr_edge.quantize.tensorrt_qdq import place_qdq
-
             quantized = place_qdq(
                 model, lambda t: absmax(ranges, t), exclude, high_precision=options.remainder_precision
             )
