@@ -161,7 +161,7 @@ class _Anatomy:
     """The normal chest of one phantom, before any finding is drawn over it.
 
     Layers are ``(h, w)`` float32 (``lung_union``, ``mediastinum``, ``abdomen``: float64; the
-    dtypes only matter for bit-identical pixels): ``body``, ``lung_union`` (both lungs' soft
+    dtypes only matter for bit-identical pixels): ``lung_union`` (both lungs' soft
     union), ``vessels`` and ``texture`` (lung markings), ``air_rim`` and ``pleural_line``
     (pneumothorax; zero without one), all 0..1 except ``texture`` (unit standard deviation); and
     attenuation terms in the phantom's relative attenuation units, summed in this order by
@@ -171,7 +171,6 @@ class _Anatomy:
     """
 
     geometry: _Geometry
-    body: np.ndarray
     lungs: dict[int, _Lung]
     lung_union: np.ndarray
     vessels: np.ndarray
@@ -331,7 +330,6 @@ def _build_anatomy(cv: _Canvas, rng: np.random.Generator) -> _Anatomy:
 
     return _Anatomy(
         geometry=geo,
-        body=body,
         lungs=lungs,
         lung_union=lung_union,
         vessels=vessels,

@@ -346,8 +346,7 @@ def _demo_tensorrt_models() -> tuple[onnx.ModelProto, dict[str, onnx.ModelProto]
     (cache,) = (Path(__file__).resolve().parents[1] / "calibration").glob("*-tensorrt-mse.ranges.json")
     ranges = _read_cache(cache, "mse")
     placed = {
-        hp: place_qdq(model, lambda t: absmax(ranges, t), keep, high_precision=hp)[0]
-        for hp in ("fp32", "fp16")
+        hp: place_qdq(model, lambda t: absmax(ranges, t), keep, high_precision=hp) for hp in ("fp32", "fp16")
     }
     return model, placed
 

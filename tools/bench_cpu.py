@@ -257,11 +257,11 @@ def prepare_image(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
         return ASSETS_DIR / SAMPLE_IMAGE_NAME, "bundled sample_chest.png"
     import cv2
 
-    from cxr_edge.model.sample_patches import chest_image
+    from cxr_edge.phantoms import render_phantom
 
     path = workdir / "phantom_chest_1024.png"
     if not path.is_file():
-        cv2.imwrite(str(path), np.rint(chest_image(1024, seed=1) * 255).astype(np.uint8))
+        cv2.imwrite(str(path), render_phantom(1, size=1024).image)
     return path, "chest phantom 1024x1024 PNG"
 
 

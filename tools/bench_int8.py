@@ -15,8 +15,6 @@ medians. Calibration uses ``--patches-per-image`` patches per image (ranges, not
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import statistics
 import sys
 import tempfile
@@ -41,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
-    from cxr_edge.calibration import SamplingSettings, list_calibration_files, load_calibration_set
-    from cxr_edge.io import load_xray
+    from cxr_edge.calibration import SamplingSettings, load_calibration_set
     from cxr_edge.metadata import ModelMetadata
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.pipeline import prepare_image
+    from cxr_edge.quantize import cache_path
     from cxr_edge.quantize.int8 import Int8Options, quantize_int8
     from cxr_edge.tile import shift_pairs, tile_shifts
 
@@ -55,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         SamplingSettings(patches_per_image=args.patches_per_image),
         max_images=args.max_images,
     )
-    first = list_calibration_files(args.calib)[0]
-    image = preprocess(load_xray(first).pixels, meta.image_size, path=str(first)).image
+    image = prepare_image(calib.images[0].path, meta).model_input
     copies = -(-args.patches // meta.patches_per_image)
     pairs = shift_pairs(max(2, int(np.ceil(np.sqrt(copies)))), meta.patch_size)[:copies]
     batch = tile_shifts(image, pairs, meta.patch_size)[: args.patches]
@@ -73,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             out = Path(tmp) / f"{len(models)}.onnx"
             start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()):
-                # one range cache per range kind: calibrate once, place many ways
-                quantize_int8(args.onnx, out, calib, options, cache=Path(tmp) / f"{options.symmetric}.json")
+            # one range cache per range kind and method: calibrate once, place many ways
+            quantize_int8(
+                args.onnx, out, calib, options, cache=cache_path(calib, args.onnx, options, Path(tmp))
+            )
             print(f"quantized {recipe} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
             models[recipe] = OnnxRuntimeBackend(out, threads=args.threads)
         for backend in models.values():

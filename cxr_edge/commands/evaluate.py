@@ -192,8 +192,6 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from cxr_edge.atomic import write_text_atomic
-        from cxr_edge.errors import CxrEdgeError
-        from cxr_edge.evaluate.bootstrap import MIN_REPLICATES
         from cxr_edge.evaluate.datasets import open_dataset, open_split
         from cxr_edge.evaluate.loop import evaluate_model
         from cxr_edge.evaluate.maps import parse_map_kinds
@@ -208,8 +206,6 @@ def register(app: typer.Typer) -> None:
             kinds = parse_map_kinds(map_kind)
             names = parse_protocols(protocol)
             rule = None if iou_threshold is None else parse_threshold_rule(iou_threshold)
-            if bootstrap and bootstrap < MIN_REPLICATES:
-                raise CxrEdgeError(None, f"--bootstrap must be 0 or >= {MIN_REPLICATES}, got {bootstrap}")
             if plots is not None:
                 check_plots_available(plots)
             edge = CxrEdge.load(model, threads=threads)

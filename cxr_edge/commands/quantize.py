@@ -27,15 +27,10 @@ def parse_keep_float(text: str) -> tuple[str, ...]:
 def gated_precision_onnx(onnx: Path, out: Path, precision: str, **options: Any) -> Any:
     """``make_precision_onnx`` for a command: prints the gate report either way; on a failed
     gate prints the error and exits with EXIT_GATE_FAILED (nothing written). Returns the result."""
-    import contextlib
-    import io
-
     from cxr_edge.quantize import GateFailed, make_precision_onnx
 
     try:
-        # ONNX Runtime's calibrator prints progress on stdout; the gate is our stdout.
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = make_precision_onnx(onnx, out, precision, **options)
+        result = make_precision_onnx(onnx, out, precision, **options)
     except GateFailed as exc:
         typer.echo("\n".join(exc.report.lines()))
         print_error(str(exc))

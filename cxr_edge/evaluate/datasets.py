@@ -253,11 +253,15 @@ def _manifest_cases(root: Path, labels: Sequence[str]) -> list[Case]:
         mapped = map_findings([*findings, *(f for f, _ in image_boxes if f not in findings)], labels)
         targets = dict(mapped.targets)
         masks: dict[str, np.ndarray] = {}
+        shape: tuple[int, int] | None = None
         for finding, box in image_boxes:
-            for label in DATASET_TO_CHEXPERT.get(finding, ()):
-                if label in targets:
-                    b = _box_mask(_image_shape(path), *box)
-                    masks[label] = masks[label] | b if label in masks else b
+            box_labels = [label for label in DATASET_TO_CHEXPERT.get(finding, ()) if label in targets]
+            if not box_labels:
+                continue
+            shape = shape or _image_shape(path)
+            b = _box_mask(shape, *box)
+            for label in box_labels:
+                masks[label] = masks[label] | b if label in masks else b
         cases.append(
             Case(name=row["file"], image=path, targets=targets, masks=masks, unmapped=mapped.unmapped)
         )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.evaluate.bootstrap import Summary, bootstrap_indices, interval, summarize
+from cxr_edge.evaluate.bootstrap import MIN_REPLICATES, Summary, bootstrap_indices, interval, summarize
 from cxr_edge.evaluate.datasets import Case, EvalDataset
 from cxr_edge.evaluate.maps import ImageMaps, MapSource
 from cxr_edge.evaluate.metrics import (
@@ -28,10 +28,10 @@ from cxr_edge.evaluate.metrics import (
     ReliabilityBin,
     auroc,
     binary_counts,
-    expected_calibration_error,
+    ece_from_bins,
     reliability_bins,
 )
-from cxr_edge.evaluate.protocols import make_protocol
+from cxr_edge.evaluate.protocols import DEFAULT_PROTOCOL, make_protocol
 from cxr_edge.evaluate.protocols.base import LocalizationProtocol, MapCase
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ def _classification(
                 sel = idx[valid[idx]]
                 reps.append(auroc(targets[sel, c], probabilities[sel, c]) if sel.size else math.nan)
             boot = interval(np.array(reps))
+        bins = reliability_bins(y, p)
         results.append(
             ClassResult(
                 label=label,
@@ -211,8 +212,8 @@ def _classification(
                 auroc_interval=boot,
                 threshold=float(thresholds[c]),
                 counts=binary_counts(y, p, thresholds[c]),
-                ece=expected_calibration_error(y, p) if y.size else math.nan,
-                calibration=reliability_bins(y, p),
+                ece=ece_from_bins(bins),
+                calibration=bins,
                 targets=y,
                 probabilities=p,
             )
@@ -224,7 +225,7 @@ def evaluate_cases(
     cases: Sequence[Case] | Iterator[Case],
     source: MapSourceFn,
     labels: Sequence[str],
-    thresholds: Sequence[float] | None,
+    thresholds: Sequence[float],
     protocols: Sequence[LocalizationProtocol],
     kinds: Sequence[str],
     replicates: int = 1000,
@@ -233,13 +234,13 @@ def evaluate_cases(
 ) -> tuple[list[ClassResult], list[ProtocolResult]]:
     """Score every case once for classification and under every protocol (tuned already).
 
-    ``source(image)`` gives the image's probabilities and maps of each of ``kinds``. Classes a
-    case has no target for are not scored on it. Decision thresholds default to 0.5 when the
-    model carries none. ``replicates`` bootstrap draws (0: point values only) with ``seed``.
+    ``source(image)`` gives the image's probabilities and maps of each of ``kinds``; ``thresholds``:
+    the decision threshold per class. Classes a case has no target for are not scored on it.
+    ``replicates`` bootstrap draws (0: point values only) with ``seed``.
     """
     labels = tuple(labels)
     kinds = tuple(kinds)
-    thr = tuple(thresholds) if thresholds is not None else (0.5,) * len(labels)
+    thr = tuple(thresholds)
     n_classes = len(labels)
     target_rows: list[np.ndarray] = []
     prob_rows: list[np.ndarray] = []
@@ -351,7 +352,7 @@ def evaluate_model(
     edge: CxrEdge,
     dataset: EvalDataset,
     steps: int,
-    protocols: Sequence[str] = ("chexlocalize",),
+    protocols: Sequence[str] = (DEFAULT_PROTOCOL,),
     map_kinds: Sequence[str] = ("raw", "scaled"),
     threshold_rule: str | float | None = None,
     fraction: float = 0.5,
@@ -367,6 +368,8 @@ def evaluate_model(
     ``tune_on`` (a split disjoint from ``dataset``). ``replicates`` bootstrap draws with ``seed``."""
     if not 0.0 < fraction <= 1.0:
         raise CxrEdgeError(None, f"the mIoU fraction must be in (0, 1], got {fraction}")
+    if replicates and replicates < MIN_REPLICATES:
+        raise CxrEdgeError(None, f"--bootstrap must be 0 or >= {MIN_REPLICATES}, got {replicates}")
     chosen = [make_protocol(name, threshold_rule, fraction) for name in protocols]
     needs = [p.name for p in chosen if p.needs_tuning()]
     if needs and tune_on is None:

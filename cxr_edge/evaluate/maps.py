@@ -21,7 +21,6 @@ from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import MAP_KINDS, SaliencyAccumulator
 from cxr_edge.postprocess_published import published_scaled_map
 from cxr_edge.preprocess import CropBox
-from cxr_edge.tile import shift_offsets
 
 if TYPE_CHECKING:
     from cxr_edge.pipeline import CxrEdge
@@ -58,20 +57,16 @@ class ImageMaps:
 
 
 class _RecordingAccumulator(SaliencyAccumulator):
-    """``SaliencyAccumulator`` that also keeps the patch logits of every shifted copy."""
+    """``SaliencyAccumulator`` whose patch logits stay readable by shifted copy (``by_copy``)."""
 
-    def __init__(self, steps: int, image_size: int, patch_size: int, num_classes: int) -> None:
-        super().__init__(steps, image_size, patch_size, num_classes)
-        self.by_copy = np.zeros((steps * steps, self.grid * self.grid, num_classes), np.float64)
-
-    def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
-        super().add(pairs, logits)
-        pairs = np.asarray(pairs)
-        # copy k = i*S + j in tile.shift_pairs order (row offset index i, column offset index j)
-        k = np.searchsorted(self.offsets, pairs[:, 0]) * self.steps + np.searchsorted(
-            self.offsets, pairs[:, 1]
-        )
-        self.by_copy[k] = np.asarray(logits, np.float64).reshape(len(pairs), self.grid * self.grid, -1)
+    @property
+    def by_copy(self) -> np.ndarray:
+        """``(S*S, G*G, C) float64``: copy k = i*S + j in ``tile.shift_pairs`` order (row offset
+        index i, column offset index j), patch p = row*G + col; built on each access from the
+        accumulator's own ``(C, G, S, G, S)`` logits (no second copy is kept)."""
+        s, g = self.steps, self.grid
+        by_copy: np.ndarray = self._logits.transpose(2, 4, 1, 3, 0).reshape(s * s, g * g, self.num_classes)
+        return by_copy
 
 
 class PatchLogitRecorder:
@@ -85,7 +80,6 @@ class PatchLogitRecorder:
     def __call__(
         self, steps: int, image_size: int, patch_size: int, num_classes: int
     ) -> _RecordingAccumulator:
-        shift_offsets(steps, patch_size)  # the same validation as the pipeline's
         self.last = _RecordingAccumulator(steps, image_size, patch_size, num_classes)
         return self.last
 

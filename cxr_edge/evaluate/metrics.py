@@ -8,6 +8,7 @@ and the expected calibration error (ECE).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,7 +163,11 @@ def expected_calibration_error(
 ) -> float:
     """ECE: sum over ``reliability_bins`` of (count / N) x |positive fraction - mean probability|
     (equal-width bins, empty bins contribute nothing). NaN without cases."""
-    table = reliability_bins(targets, probabilities, bins)
+    return ece_from_bins(reliability_bins(targets, probabilities, bins))
+
+
+def ece_from_bins(table: Sequence[ReliabilityBin]) -> float:
+    """``expected_calibration_error`` of bins ``reliability_bins`` made already. NaN without cases."""
     total = sum(b.count for b in table)
     if total == 0:
         return float("nan")

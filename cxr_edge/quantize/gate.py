@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from cxr_edge.pipeline import CxrEdge
 
 GATE_STEPS = 4
-#: Shift grid of the patches a TensorRT plan is checked on (``check_patches``).
+#: Shift grid of the patches a TensorRT plan is checked on (``check_patches``) and of the batch
+#: the gate times both models on (``run_gate``).
 CHECK_STEPS = 2
 MIN_MAP_R = 0.98
 MAX_AUROC_DIFF = 0.01
@@ -226,7 +227,7 @@ def run_gate(
 
         meta = reference.metadata
         prepared = reference.prepare(images[0].image)
-        batch = tile_shifts(prepared.model_input, shift_pairs(2, meta.patch_size), meta.patch_size)
+        batch = tile_shifts(prepared.model_input, shift_pairs(CHECK_STEPS, meta.patch_size), meta.patch_size)
         report.seconds_fp32, report.seconds_candidate = _median_seconds(
             [reference.backend, candidate.backend], batch, speed_repeats
         )

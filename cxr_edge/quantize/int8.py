@@ -14,7 +14,6 @@ the defaults per target are the fastest choice that passes the accuracy gate on 
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from cxr_edge.calibration import CalibrationSet
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.quantize.graph import graph_links
+from cxr_edge.quantize.tensorrt_qdq import HIGH_PRECISIONS, place_qdq
 
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("percentile", "mse", "entropy", "minmax")
@@ -72,7 +72,7 @@ class Int8Options:
             raise CxrEdgeError(
                 None, f"unknown --keep-float group(s) {sorted(unknown)}; use {KEEP_FLOAT_GROUPS}"
             )
-        if self.high_precision not in (None, "fp16", "fp32"):
+        if self.high_precision not in (None, *HIGH_PRECISIONS):
             raise CxrEdgeError(None, f"unknown --high-precision {self.high_precision!r}; use fp16 or fp32")
         if self.target == "cpu" and self.high_precision == "fp16":
             raise CxrEdgeError(
@@ -219,9 +219,7 @@ def quantize_int8(
             cache=cache_file,
         )
         if options.target == "tensorrt":
-            from cxr_edge.quantize.tensorrt_qdq import place_qdq
-
-            quantized, _ = place_qdq(
+            quantized = place_qdq(
                 model, lambda t: absmax(ranges, t), exclude, high_precision=options.remainder_precision
             )
             onnx.save(quantized, str(onnx_out))
@@ -236,7 +234,7 @@ def _quantize_for_onnxruntime(
     """ONNX Runtime's static QDQ quantization of every quantizable op, ranges from ``cache``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from cxr_edge.quantize.ranges import calibration_method
+    from cxr_edge.quantize.ranges import calibration_method, quiet_onnxruntime
 
     int8_acts = options.cpu_activations == "int8"
     extra: dict[str, Any] = {
@@ -245,25 +243,21 @@ def _quantize_for_onnxruntime(
         "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "Gemm": 0},
         **options.extra,
     }
-    # ONNX Runtime logs advice ("consider pre-processing") through the root logger.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
     try:
-        quantize_static(
-            str(named),
-            str(onnx_out),
-            calibration_data_reader=None,  # the ranges are in the cache
-            quant_format=QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            reduce_range=options.reduce_range,
-            activation_type=QuantType.QInt8 if int8_acts else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            calibrate_method=calibration_method(options.range_method),
-            extra_options=extra,
-            calibration_cache_path=str(cache),
-        )
+        with quiet_onnxruntime():
+            quantize_static(
+                str(named),
+                str(onnx_out),
+                calibration_data_reader=None,  # the ranges are in the cache
+                quant_format=QuantFormat.QDQ,
+                per_channel=options.per_channel,
+                reduce_range=options.reduce_range,
+                activation_type=QuantType.QInt8 if int8_acts else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=calibration_method(options.range_method),
+                extra_options=extra,
+                calibration_cache_path=str(cache),
+            )
     except (ValueError, RuntimeError) as exc:
         raise CxrEdgeError(named, f"INT8 quantization failed ({str(exc).splitlines()[0]})") from exc
-    finally:
-        logging.disable(previous)

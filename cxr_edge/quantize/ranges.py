@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ import numpy as np
 from cxr_edge.atomic import write_text_atomic
 from cxr_edge.calibration import CalibrationSet, PatchReader
 from cxr_edge.errors import CxrEdgeError
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Around ONNX Runtime's quantization tools: they log advice ("consider pre-processing")
+    through the root logger and print progress on stdout; both are held back here."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def calibration_method(method: str) -> Any:
@@ -90,14 +104,8 @@ def activation_ranges(
     if method in ("percentile", "mse"):
         options["percentile"] = percentile
     model = onnx.load(str(onnx_in))
-    # ONNX Runtime logs advice through the root logger and prints progress on stdout.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="cxr-edge-calib.") as tmp,
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
+        with tempfile.TemporaryDirectory(prefix="cxr-edge-calib.") as tmp, quiet_onnxruntime():
             source = Path(tmp) / "model.onnx"
             onnx.save(model, str(source))
             calibrator = create_calibrator(
@@ -128,8 +136,6 @@ def activation_ranges(
                 _write_cache(ranges, method, cache, Path(tmp))
     except (ValueError, RuntimeError) as exc:
         raise CxrEdgeError(onnx_in, f"INT8 calibration failed ({str(exc).splitlines()[0]})") from exc
-    finally:
-        logging.disable(previous)
     return ranges
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,19 +33,6 @@ HIGH_PRECISIONS = ("fp16", "fp32")
 #: Opset whose QuantizeLinear/DequantizeLinear take float16 scales (13 only takes float32).
 FP16_QDQ_OPSET = 19
 INT8_MAX = 127
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What ``place_qdq`` inserted: activation pairs by the consumer they feed, int8 weights."""
-
-    weighted_inputs: int
-    residual_inputs: int
-    weights: int
-
-    @property
-    def pairs(self) -> int:
-        return self.weighted_inputs + self.residual_inputs
 
 
 def _representable_scale(scale: np.ndarray, dtype: type[np.floating[Any]]) -> np.ndarray:
@@ -150,9 +136,9 @@ def place_qdq(
     absmax: Callable[[str], float],
     keep_float: Iterable[str] = (),
     high_precision: str = "fp16",
-) -> tuple[Any, Placement]:
+) -> Any:
     """Return a TensorRT-ready Q/DQ copy of the float32 ``model`` (an ``onnx.ModelProto`` with named
-    nodes) and what was placed. ``absmax(tensor)``: calibrated max |value| of an activation;
+    nodes). ``absmax(tensor)``: calibrated max |value| of an activation;
     ``keep_float``: names of Conv/Gemm nodes left unquantized (their Adds still get residual pairs)."""
     import onnx
     from onnx import numpy_helper
@@ -168,7 +154,6 @@ def place_qdq(
     consumers, producers = graph_links(graph)
 
     builder = _Builder(model, np.float16 if high_precision == "fp16" else np.float32)
-    weighted = residual = weights = 0
     for node in list(graph.node):
         if node.op_type in WEIGHTED_OPS and node.name not in skip:
             if node.input[0] in inits or node.input[1] not in inits:
@@ -179,13 +164,10 @@ def place_qdq(
                 trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
                 axis = 0 if trans_b else 1
             builder.weight(node, 1, numpy_helper.to_array(inits[node.input[1]]), axis)
-            weighted += 1
-            weights += 1
         elif node.op_type == "Add":
             skip_input = residual_input(node, consumers, producers)
             if skip_input is not None:
                 builder.activation_pair(node, list(node.input).index(skip_input), absmax(skip_input))
-                residual += 1
     builder.finish()
     used = {i for n in graph.node for i in n.input}
     kept = [t for t in graph.initializer if t.name in used]
@@ -198,7 +180,7 @@ def place_qdq(
         model = convert_fp16(model)
     else:
         onnx.checker.check_model(model)
-    return model, Placement(weighted_inputs=weighted, residual_inputs=residual, weights=weights)
+    return model
 
 
 def _with_opset(model: Any, opset: int) -> Any:
