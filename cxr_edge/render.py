@@ -294,8 +294,9 @@ def finding_overlay(
 def explanation_lines(prediction: Prediction, label: str, map_kind: str = "scaled") -> list[str]:
     """Footer lines of one finding: its rationale sentence (outlines named), then each
     shortcut warning."""
-    text = rationale(prediction, label, map_kind).text
-    if decisive_patches(prediction, label).patches:
+    r = rationale(prediction, label, map_kind)
+    text = r.text
+    if r.decisive.patches:
         text += " Decisive patches outlined in amber."
     return [text, *(f"Warning: {w.message}" for w in shortcut_warnings(prediction, [label], map_kind))]
 
