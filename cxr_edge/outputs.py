@@ -49,6 +49,7 @@ from cxr_edge.prediction import Prediction
 
 if TYPE_CHECKING:
     from cxr_edge.dicom_results import DicomResult
+    from cxr_edge.explain.explanations import Explanations, ImageRegions
     from cxr_edge.pipeline import CxrEdge, Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
@@ -90,12 +91,14 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image's prediction, its report dict, the labels shown and the files written."""
+    """One image's prediction, its report dict, the labels shown and the files written, and
+    the explanations of the shown and reported labels (``explain.explanations.explain``)."""
 
     prediction: Prediction
     report: dict[str, Any]
     shown: tuple[str, ...]
     files: tuple[Path, ...]
+    explanations: Explanations | None = None
 
 
 def label_slug(label: str) -> str:
@@ -337,8 +340,15 @@ def write_dicom_results(
     return paths
 
 
-def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) -> ImageResult:
-    """Render and write the result files of one prediction, all or nothing (module docstring)."""
+def write_result_set(
+    prediction: Prediction, stem: str, options: OutputOptions, regions: ImageRegions | None = None
+) -> ImageResult:
+    """Render and write the result files of one prediction, all or nothing (module docstring).
+
+    Its explanations are computed once (``explain.explanations.explain``) for the overlays, the
+    report and the ``ImageResult``; regions: the image regions of an earlier prediction of the
+    same image (a progressive run's previous level), reused when they fit."""
+    from cxr_edge.explain.explanations import explain
     from cxr_edge.render import encode_png, finding_overlay
     from cxr_edge.report import build_report, report_json
 
@@ -348,9 +358,13 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
     source = _dicom_source(prediction) if options.dicom else None  # refused before any rendering
     staged: list[tuple[str, bytes]] = []
     t0 = time.perf_counter()
+    explained = [*shown, *(label for label in prediction.reported_labels() if label not in shown)]
+    explanations = explain(prediction, explained, options.map_kind, regions)
     rendered = (
         {
-            label: finding_overlay(prediction, label, options.map_kind, center=options.center)
+            label: finding_overlay(
+                prediction, label, options.map_kind, center=options.center, explanations=explanations
+            )
             for label in shown
         }
         if options.overlays or options.dicom
@@ -371,7 +385,11 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
             dicom_names.append(dicom_file_name(stem, result, slugs))
             staged.append((dicom_names[-1], result.data))
     report = build_report(
-        prediction, options.map_kind, overlays=overlay_names, extra_timings_ms={"render": render_ms}
+        prediction,
+        options.map_kind,
+        overlays=overlay_names,
+        extra_timings_ms={"render": render_ms},
+        explanations=explanations,
     )
     if options.dicom:
         report["dicom"] = dicom_names
@@ -400,7 +418,7 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
         raise
     journal.unlink(missing_ok=True)
     files = (*(directory / name for name, _ in staged), directory / report_name)
-    return ImageResult(prediction, report, shown, files)
+    return ImageResult(prediction, report, shown, files, explanations)
 
 
 def infer_to_files(
@@ -427,6 +445,10 @@ def infer_progressive_to_files(
 ) -> Iterator[ImageResult]:
     """``infer_to_files`` refined level by level (``CxrEdge.predict_progressive``): after each
     level S' = 1, 2, 4, ..., ``steps`` the image's result set is rewritten for that level (all
-    or nothing, ``write_result_set``) and its ``ImageResult`` yielded; the last one is S."""
+    or nothing, ``write_result_set``) and its ``ImageResult`` yielded; the last one is S. The
+    image regions of the explanations are computed at the first level only."""
+    regions = None
     for prediction in edge.predict_progressive(image, steps=steps, allow_non_chest=allow_non_chest):
-        yield write_result_set(prediction, stem, options)
+        result = write_result_set(prediction, stem, options, regions)
+        regions = result.explanations.regions if result.explanations is not None else None
+        yield result
