@@ -8,7 +8,8 @@ duration of one decode and hands back what was written there.
 
 The redirection is process-wide, so decodes holding it are serialised by a lock (a decode is a
 few milliseconds of a prediction's seconds), and anything captured that is not a decoder message
-is written back to the real stderr unchanged.
+is written back to the real stderr unchanged. ``decode_image`` is the one OpenCV decode that
+does this, for PNG/JPEG files and the JPEG frames of DICOM files alike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
 
 _LOCK = threading.Lock()
 
@@ -80,3 +84,37 @@ def corruption_messages(fmt: str, lines: list[str]) -> list[str]:
     if fmt == "png":
         return [line for line in lines if not _HARMLESS_PNG.search(line)]
     return list(lines)
+
+
+def one_line(text: str, limit: int = 160) -> str:
+    """A decoder message as one short line (control characters dropped)."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One ``decode_image``: the image (None when OpenCV raised or decoded nothing), every
+    captured decoder line, those of them that mean corruption (``corruption_messages``), and
+    OpenCV's exception as one line ("" when it raised none)."""
+
+    image: np.ndarray | None
+    messages: list[str]
+    corrupt: list[str]
+    error: str
+
+
+def decode_image(data: bytes, fmt: str) -> Decoded:
+    """``cv2.imdecode(data, IMREAD_UNCHANGED)`` of ``fmt`` ("png" or "jpeg") data, with what the
+    decoder printed caught (``native_stderr``) and sorted (``corruption_messages``)."""
+    import cv2
+
+    with native_stderr() as messages:
+        try:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            image = None
+            error = one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
+        else:
+            error = ""
+    return Decoded(image, messages, corruption_messages(fmt, messages), error)

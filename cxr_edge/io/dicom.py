@@ -37,7 +37,7 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.io.budget import InputBudget
-from cxr_edge.io.decoder_messages import corruption_messages, native_stderr
+from cxr_edge.io.decoder_messages import decode_image, one_line
 from cxr_edge.io.gray import pil_luma, to_8bit
 from cxr_edge.io.scope import header_scope, scope_problem
 
@@ -285,18 +285,11 @@ def _check_pixel_data(path: Path, ds: Any, budget: InputBudget) -> None:
 
 
 def _check_jpeg_frame(path: Path, frame: bytes) -> None:
-    """Decode a baseline/extended JPEG frame once with libjpeg to hear about corrupt data."""
-    import cv2
-
-    with native_stderr() as messages:
-        try:
-            cv2.imdecode(np.frombuffer(frame, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            pass  # pydicom's own decoder then says whether it can read the frame
-    corrupt = corruption_messages("jpeg", messages)
+    """Decode a baseline/extended JPEG frame once with libjpeg to hear about corrupt data (if
+    OpenCV cannot decode it at all, pydicom's own decoder then says whether it can read it)."""
+    corrupt = decode_image(frame, "jpeg").corrupt
     if corrupt:
-        cause = " ".join(corrupt[0].split())[:160]
-        raise CxrEdgeError(path, f"corrupt JPEG data in the DICOM frame, refused ({cause})")
+        raise CxrEdgeError(path, f"corrupt JPEG data in the DICOM frame, refused ({one_line(corrupt[0])})")
 
 
 def _check_rescale(path: Path, ds: Any) -> None:
