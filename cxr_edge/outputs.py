@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
+from cxr_edge.atomic import TEMP_OVERHEAD, is_temp_name, write_bytes_atomic, write_text_atomic
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import check_map_kind
 from cxr_edge.prediction import Prediction
@@ -54,13 +54,9 @@ if TYPE_CHECKING:
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
 MAX_NAME_BYTES = 255
-#: What ``cxr_edge.atomic`` adds around a name for its temporary file: "." + name + ".XXXXXXXX.part".
-_TEMP_OVERHEAD = len(".") + len(".XXXXXXXX.part")
 JOURNAL_SUFFIX = ".pending"
 LOCK_NAME = ".cxr-edge.lock"
 _HASH_CHARS = 8
-#: Temporary names of ``cxr_edge.atomic``: "." + final name + "." + 8 random characters + ".part".
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
 
 
 @dataclass(frozen=True)
@@ -131,7 +127,7 @@ def max_stem_bytes(labels: Sequence[str]) -> int:
     """The longest stem (UTF-8 bytes) whose every derived name, and its temporary and journal
     names, fit in ``MAX_NAME_BYTES``."""
     longest = max(len(s.encode()) for s in [*_suffixes(labels), JOURNAL_SUFFIX])
-    return MAX_NAME_BYTES - longest - _TEMP_OVERHEAD - len(".")
+    return MAX_NAME_BYTES - longest - TEMP_OVERHEAD - len(".")
 
 
 def _path_hash(path: Path, chars: int = _HASH_CHARS) -> str:
@@ -257,7 +253,7 @@ def recover_directory(directory: Path) -> list[str]:
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     for entry in entries:
-        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
