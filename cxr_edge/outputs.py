@@ -44,6 +44,7 @@ import numpy as np
 
 from cxr_edge.atomic import TEMP_OVERHEAD, is_temp_name, write_bytes_atomic, write_text_atomic
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.locking import exclusive_lock
 from cxr_edge.postprocess import check_map_kind
 from cxr_edge.prediction import Prediction
 
@@ -261,22 +262,12 @@ def recover_directory(directory: Path) -> list[str]:
 
 @contextlib.contextmanager
 def locked_directory(directory: Path) -> Iterator[None]:
-    """Hold ``directory/.cxr-edge.lock`` exclusively (``fcntl.flock``): one writer per folder,
-    and a crashed writer's lock goes with its process. CxrEdgeError when another holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, recovery still runs
+    """Hold ``directory/.cxr-edge.lock`` exclusively (``cxr_edge.locking``): one writer per
+    folder, and a crashed writer's lock goes with its process. CxrEdgeError when another holds it
+    (not POSIX: no lock, recovery still runs)."""
+    busy = "--out: another cxr-edge run is writing to this folder"
+    with exclusive_lock(directory / LOCK_NAME, busy, directory):
         yield
-        return
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CxrEdgeError(directory, "--out: another cxr-edge run is writing to this folder") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _check_not_clobbering(directory: Path, names: Sequence[str], ours: set[str]) -> None:
