@@ -312,19 +312,31 @@ def write_dicom_results(
     atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
     image's all-or-nothing result set.)
     """
+    paths = []
+    for name, data in _dicom_files(prediction, source, overlays, map_kind, stem):
+        path = Path(directory) / name
+        write_bytes_atomic(path, data)
+        paths.append(path)
+    return paths
+
+
+def _dicom_files(
+    prediction: Prediction,
+    source: str | Path | Any,
+    overlays: Mapping[str, np.ndarray],
+    map_kind: str,
+    stem: str | None,
+) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each DICOM result of ``prediction`` (``write_dicom_results``'s
+    arguments), built in memory."""
     from cxr_edge.dicom_results import build_dicom_results, read_source
 
     dataset = read_source(source)
     if stem is None:
         stem = Path(source).stem if isinstance(source, (str, Path)) else str(dataset.SOPInstanceUID)
-    results = build_dicom_results(prediction, dataset, overlays, map_kind)
     slugs = label_slugs(prediction.labels)
-    paths = []
-    for result in results:
-        path = Path(directory) / dicom_file_name(stem, result, slugs)
-        write_bytes_atomic(path, result.data)
-        paths.append(path)
-    return paths
+    results = build_dicom_results(prediction, dataset, overlays, map_kind)
+    return [(dicom_file_name(stem, result, slugs), result.data) for result in results]
 
 
 def write_result_set(
@@ -366,11 +378,9 @@ def write_result_set(
         staged.append((f"{stem}.maps.npz", maps_npz_bytes(prediction)))
     dicom_names: list[str] = []
     if source is not None:
-        from cxr_edge.dicom_results import build_dicom_results, read_source
-
-        for result in build_dicom_results(prediction, read_source(source), rendered, options.map_kind):
-            dicom_names.append(dicom_file_name(stem, result, slugs))
-            staged.append((dicom_names[-1], result.data))
+        dicom_files = _dicom_files(prediction, source, rendered, options.map_kind, stem)
+        dicom_names = [name for name, _ in dicom_files]
+        staged.extend(dicom_files)
     report = build_report(
         prediction,
         options.map_kind,
