@@ -51,6 +51,7 @@ from cxr_edge.prediction import Prediction
 if TYPE_CHECKING:
     from cxr_edge.dicom_results import DicomResult
     from cxr_edge.explain.explanations import Explanations, ImageRegions
+    from cxr_edge.io.budget import InputBudget
     from cxr_edge.pipeline import CxrEdge, Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
@@ -302,18 +303,19 @@ def write_dicom_results(
     overlays: Mapping[str, np.ndarray],
     map_kind: str = "scaled",
     stem: str | None = None,
+    budget: InputBudget | None = None,
 ) -> list[Path]:
     """Build the SC(s) and SR of ``prediction`` and write them into ``directory``; their paths.
 
     source: the DICOM file the prediction was made from, or its pydicom Dataset; overlays:
     label -> (h, w, 3) uint8 RGB overlay (``cxr_edge.render.finding_overlay``) to file as a
     Secondary Capture; stem: file name stem (default: the source file's stem, or its SOP
-    Instance UID). Everything is built before the first file is written; each file is written
-    atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
+    Instance UID); budget: what the source file may cost (``dicom_results.read_source``).
+    Everything is built before the first file is written; each file is written atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
     image's all-or-nothing result set.)
     """
     paths = []
-    for name, data in _dicom_files(prediction, source, overlays, map_kind, stem):
+    for name, data in _dicom_files(prediction, source, overlays, map_kind, stem, budget):
         path = Path(directory) / name
         write_bytes_atomic(path, data)
         paths.append(path)
@@ -326,12 +328,13 @@ def _dicom_files(
     overlays: Mapping[str, np.ndarray],
     map_kind: str,
     stem: str | None,
+    budget: InputBudget | None,
 ) -> list[tuple[str, bytes]]:
     """(file name, bytes) of each DICOM result of ``prediction`` (``write_dicom_results``'s
     arguments), built in memory."""
     from cxr_edge.dicom_results import build_dicom_results, read_source
 
-    dataset = read_source(source)
+    dataset = read_source(source, budget)
     if stem is None:
         stem = Path(source).stem if isinstance(source, (str, Path)) else str(dataset.SOPInstanceUID)
     slugs = label_slugs(prediction.labels)
@@ -340,13 +343,19 @@ def _dicom_files(
 
 
 def write_result_set(
-    prediction: Prediction, stem: str, options: OutputOptions, regions: ImageRegions | None = None
+    prediction: Prediction,
+    stem: str,
+    options: OutputOptions,
+    regions: ImageRegions | None = None,
+    budget: InputBudget | None = None,
 ) -> ImageResult:
     """Render and write the result files of one prediction, all or nothing (module docstring).
 
     Its explanations are computed once (``explain.explanations.explain``) for the overlays, the
     report and the ``ImageResult``; regions: the image regions of an earlier prediction of the
-    same image (a progressive run's previous level), reused when they fit."""
+    same image (a progressive run's previous level), reused when they fit. budget: the run's
+    input budget, within which ``OutputOptions.dicom`` re-reads the source DICOM (default
+    ``InputBudget()``)."""
     from cxr_edge.explain.explanations import explain
     from cxr_edge.render import encode_png, finding_overlay
     from cxr_edge.report import build_report, report_json
@@ -378,7 +387,7 @@ def write_result_set(
         staged.append((f"{stem}.maps.npz", maps_npz_bytes(prediction)))
     dicom_names: list[str] = []
     if source is not None:
-        dicom_files = _dicom_files(prediction, source, rendered, options.map_kind, stem)
+        dicom_files = _dicom_files(prediction, source, rendered, options.map_kind, stem, budget)
         dicom_names = [name for name, _ in dicom_files]
         staged.extend(dicom_files)
     report = build_report(
@@ -429,7 +438,7 @@ def infer_to_files(
     """Predict one image with ``edge`` (in-process ``CxrEdge`` or a Triton server's
     ``TritonCxrEdge``) and write its result set: ``infer``'s unit of work."""
     prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
-    return write_result_set(prediction, stem, options)
+    return write_result_set(prediction, stem, options, budget=edge.input_budget)
 
 
 def infer_progressive_to_files(
@@ -446,6 +455,6 @@ def infer_progressive_to_files(
     image regions of the explanations are computed at the first level only."""
     regions = None
     for prediction in edge.predict_progressive(image, steps=steps, allow_non_chest=allow_non_chest):
-        result = write_result_set(prediction, stem, options, regions)
+        result = write_result_set(prediction, stem, options, regions, edge.input_budget)
         regions = result.explanations.regions if result.explanations is not None else None
         yield result
