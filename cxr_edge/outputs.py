@@ -408,7 +408,7 @@ def write_result_set(
     new = [report_name, *(name for name, _ in staged)]
     _check_not_clobbering(directory, new, set(old))
     # The journal names the JSON first: recovery keeps a set whose JSON exists.
-    write_text_atomic(journal, "\n".join(dict.fromkeys([report_name, *new, *old])) + "\n")
+    write_text_atomic(journal, "\n".join(dict.fromkeys([*new, *old])) + "\n")
     try:
         (directory / report_name).unlink(missing_ok=True)  # the old set is no longer committed
         for name in set(old) - set(new):

@@ -160,9 +160,8 @@ def colour_scale(
         centre, reference = 0.0, "logit 0, p = 0.5 (the model has no decision threshold)"
     else:
         centre, reference = 0.0, "logit 0, p = 0.5"
-    scale = ColourScale(centre, reference, 1.0, map_kind)
     if vmax is None:
-        vmax = float(np.max(np.abs(centred_map(prediction, label, scale))))
+        vmax = float(np.max(np.abs(decision_map(prediction, label, map_kind, centre))))
     return ColourScale(centre, reference, float(vmax), map_kind)
 
 
@@ -277,7 +276,6 @@ def finding_overlay(
     legend: bool = True,
     alpha_max: float = 0.6,
     center: str = "threshold",
-    footer: Sequence[str] = (),
     explain: bool = True,
     explanations: Explanations | None = None,
 ) -> np.ndarray:
@@ -290,13 +288,12 @@ def finding_overlay(
     footer; explanations: the prediction's ``explain.explanations.explain`` if already computed
     (used when they cover ``label`` from ``map_kind``'s map).
     """
-    if explain:
+    if explain and legend:  # the footer needs the rationale and warnings too: all at once
         explanations = explained(prediction, [label], map_kind, explanations)
     rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max, explain, explanations)
-    if explain:
-        footer = (*footer, *explanation_lines(prediction, label, map_kind, explanations))
     if not legend:
         return rgb
+    footer = explanation_lines(prediction, label, map_kind, explanations) if explain else []
     return frame_overlay(rgb, finding_frame(prediction, label, scale, footer))
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr_edge.explain.decisive import decisive_json
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, standalone_evidence
+from cxr_edge.explain.evidence import border_band, evidence_share, standalone_evidence
 from cxr_edge.explain.explanations import Explanations, explained
 from cxr_edge.explain.shortcuts import shortcut_json
 from cxr_edge.postprocess import map_peak
@@ -31,7 +31,7 @@ from cxr_edge.prediction import Prediction
 
 REPORT_VERSION = 1
 
-__all__ = ["BORDER_FRACTION", "build_report", "evidence_summary", "report_json"]
+__all__ = ["build_report", "evidence_summary", "report_json"]
 
 
 def _number(x: float) -> float | None:
@@ -63,7 +63,7 @@ def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled
     ``peak``: the strongest evidence for the finding (map maximum), at ``x``, ``y`` in
     original-image pixels, ``value`` in logit units. ``border_share``: fraction of the
     finding's standalone evidence (``explain.evidence.standalone_evidence``: the map's part
-    above logit 0, what the shortcut warnings weigh) inside the border band of width ``BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
+    above logit 0, what the shortcut warnings weigh) inside the border band of width ``explain.evidence.BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
     the value an evenly spread map would give. ``peak_in_border``: the peak lies in the band.
     """
     m = prediction.value_map(label, map_kind)
