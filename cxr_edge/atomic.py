@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,19 @@ from pathlib import Path
 # mkstemp makes 0600 files; finished outputs get the usual umask-based mode (read once, at import).
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+#: Ending of every temporary file ``atomic_path`` makes: "." + final name + "." + 8 random
+#: characters (``tempfile.mkstemp``'s) + TEMP_SUFFIX, beside the final file.
+TEMP_SUFFIX = ".part"
+#: Bytes a temporary name adds to the final name's.
+TEMP_OVERHEAD = len(".") + len(".XXXXXXXX") + len(TEMP_SUFFIX)
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` has the form of an ``atomic_path`` temporary file (a stale one, once no
+    writer holds the folder)."""
+    return _TEMP_NAME.match(name) is not None
 
 
 def fsync_path(path: str | Path) -> None:
@@ -33,7 +47,7 @@ def atomic_path(final: str | Path, durable: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)

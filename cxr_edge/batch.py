@@ -37,7 +37,7 @@ from cxr_edge.outputs import (
 )
 
 if TYPE_CHECKING:
-    from cxr_edge.pipeline import Predictor
+    from cxr_edge.pipeline import CxrEdge, Predictor
 
 INDEX_NAME = "index.csv"
 INDEX_COLUMNS = ("input", "status", "stem", "outputs", "error")
@@ -144,7 +144,7 @@ def _unique(files: Sequence[Path]) -> list[Path]:
 
 
 def _last_level(
-    edge: Predictor,
+    edge: CxrEdge,
     path: Path,
     stem: str,
     options: OutputOptions,
@@ -153,17 +153,21 @@ def _last_level(
     on_level: Callable[[ImageResult], None] | None,
 ) -> ImageResult:
     """One image's progressive result sets, level by level; the last (S = ``steps``)."""
-    from cxr_edge.pipeline import CxrEdge
-
-    if not isinstance(edge, CxrEdge):
-        raise CxrEdgeError(None, "progressive maps need the model in this process, not a server")
     result: ImageResult | None = None
     for result in infer_progressive_to_files(edge, path, stem, options, steps, allow_non_chest):
         if on_level:
             on_level(result)
-    if result is None:
-        raise CxrEdgeError(path, "the progressive run produced no level")
+    assert result is not None  # every run has level S' = 1
     return result
+
+
+def _in_process(edge: Predictor) -> CxrEdge:
+    """``edge`` as the in-process ``CxrEdge`` a progressive run needs; CxrEdgeError otherwise."""
+    from cxr_edge.pipeline import CxrEdge
+
+    if not isinstance(edge, CxrEdge):
+        raise CxrEdgeError(None, "progressive maps need the model in this process, not a server")
+    return edge
 
 
 def run_batch(
@@ -181,8 +185,10 @@ def run_batch(
     ``options.directory`` (module docstring). ``on_start(files)`` is called once the inputs are
     expanded, ``on_item(item)`` after each image. Raises CxrEdgeError for a bad output folder
     (before any compute); KeyboardInterrupt after writing the index. ``progressive`` (an
-    in-process ``CxrEdge`` only): each image's result set is written at S = 1, 2, 4, ...,
-    ``steps`` in turn (``outputs.infer_progressive_to_files``), ``on_level(result)`` after each."""
+    in-process ``CxrEdge`` only, else CxrEdgeError before anything is done): each image's result
+    set is written at S = 1, 2, 4, ..., ``steps`` in turn (``outputs.infer_progressive_to_files``),
+    ``on_level(result)`` after each."""
+    progressive_edge = _in_process(edge) if progressive else None
     directory = check_output_directory(options.directory, inputs)
     files = _unique(expand_inputs(inputs))
     stems = output_stems(files, edge.metadata.labels)
@@ -198,8 +204,10 @@ def run_batch(
                     with warnings.catch_warnings():
                         # numpy's RuntimeWarnings (overflow, invalid value) are this image's error
                         warnings.simplefilter("error", RuntimeWarning)
-                        if progressive:
-                            result = _last_level(edge, path, stem, options, steps, allow_non_chest, on_level)
+                        if progressive_edge is not None:
+                            result = _last_level(
+                                progressive_edge, path, stem, options, steps, allow_non_chest, on_level
+                            )
                         else:
                             result = infer_to_files(edge, path, stem, options, steps, allow_non_chest)
                 except ModelError as exc:

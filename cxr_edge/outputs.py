@@ -42,24 +42,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr_edge.atomic import write_bytes_atomic, write_text_atomic
+from cxr_edge.atomic import TEMP_OVERHEAD, is_temp_name, write_bytes_atomic, write_text_atomic
 from cxr_edge.errors import CxrEdgeError
+from cxr_edge.locking import exclusive_lock
 from cxr_edge.postprocess import check_map_kind
 from cxr_edge.prediction import Prediction
 
 if TYPE_CHECKING:
     from cxr_edge.dicom_results import DicomResult
+    from cxr_edge.explain.explanations import Explanations, ImageRegions
+    from cxr_edge.io.budget import InputBudget
     from cxr_edge.pipeline import CxrEdge, Predictor
 
 #: Longest file name most file systems take (ext4, XFS, APFS, NTFS: 255 bytes / UTF-16 units).
 MAX_NAME_BYTES = 255
-#: What ``cxr_edge.atomic`` adds around a name for its temporary file: "." + name + ".XXXXXXXX.part".
-_TEMP_OVERHEAD = len(".") + len(".XXXXXXXX.part")
 JOURNAL_SUFFIX = ".pending"
 LOCK_NAME = ".cxr-edge.lock"
 _HASH_CHARS = 8
-#: Temporary names of ``cxr_edge.atomic``: "." + final name + "." + 8 random characters + ".part".
-_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")
 
 
 @dataclass(frozen=True)
@@ -90,12 +89,14 @@ class OutputOptions:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image's prediction, its report dict, the labels shown and the files written."""
+    """One image's prediction, its report dict, the labels shown and the files written, and
+    the explanations of the shown and reported labels (``explain.explanations.explain``)."""
 
     prediction: Prediction
     report: dict[str, Any]
     shown: tuple[str, ...]
     files: tuple[Path, ...]
+    explanations: Explanations | None = None
 
 
 def label_slug(label: str) -> str:
@@ -128,7 +129,7 @@ def max_stem_bytes(labels: Sequence[str]) -> int:
     """The longest stem (UTF-8 bytes) whose every derived name, and its temporary and journal
     names, fit in ``MAX_NAME_BYTES``."""
     longest = max(len(s.encode()) for s in [*_suffixes(labels), JOURNAL_SUFFIX])
-    return MAX_NAME_BYTES - longest - _TEMP_OVERHEAD - len(".")
+    return MAX_NAME_BYTES - longest - TEMP_OVERHEAD - len(".")
 
 
 def _path_hash(path: Path, chars: int = _HASH_CHARS) -> str:
@@ -254,7 +255,7 @@ def recover_directory(directory: Path) -> list[str]:
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     for entry in entries:
-        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
             Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
@@ -262,22 +263,12 @@ def recover_directory(directory: Path) -> list[str]:
 
 @contextlib.contextmanager
 def locked_directory(directory: Path) -> Iterator[None]:
-    """Hold ``directory/.cxr-edge.lock`` exclusively (``fcntl.flock``): one writer per folder,
-    and a crashed writer's lock goes with its process. CxrEdgeError when another holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, recovery still runs
+    """Hold ``directory/.cxr-edge.lock`` exclusively (``cxr_edge.locking``): one writer per
+    folder, and a crashed writer's lock goes with its process. CxrEdgeError when another holds it
+    (not POSIX: no lock, recovery still runs)."""
+    busy = "--out: another cxr-edge run is writing to this folder"
+    with exclusive_lock(directory / LOCK_NAME, busy, directory):
         yield
-        return
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CxrEdgeError(directory, "--out: another cxr-edge run is writing to this folder") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _check_not_clobbering(directory: Path, names: Sequence[str], ours: set[str]) -> None:
@@ -312,33 +303,60 @@ def write_dicom_results(
     overlays: Mapping[str, np.ndarray],
     map_kind: str = "scaled",
     stem: str | None = None,
+    budget: InputBudget | None = None,
 ) -> list[Path]:
     """Build the SC(s) and SR of ``prediction`` and write them into ``directory``; their paths.
 
     source: the DICOM file the prediction was made from, or its pydicom Dataset; overlays:
     label -> (h, w, 3) uint8 RGB overlay (``cxr_edge.render.finding_overlay``) to file as a
     Secondary Capture; stem: file name stem (default: the source file's stem, or its SOP
-    Instance UID). Everything is built before the first file is written; each file is written
-    atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
+    Instance UID); budget: what the source file may cost (``dicom_results.read_source``).
+    Everything is built before the first file is written; each file is written atomically. (``write_result_set`` with ``OutputOptions.dicom`` writes them as part of an
     image's all-or-nothing result set.)
     """
-    from cxr_edge.dicom_results import build_dicom_results, read_source
-
-    dataset = read_source(source)
-    if stem is None:
-        stem = Path(source).stem if isinstance(source, (str, Path)) else str(dataset.SOPInstanceUID)
-    results = build_dicom_results(prediction, dataset, overlays, map_kind)
-    slugs = label_slugs(prediction.labels)
     paths = []
-    for result in results:
-        path = Path(directory) / dicom_file_name(stem, result, slugs)
-        write_bytes_atomic(path, result.data)
+    for name, data in _dicom_files(prediction, source, overlays, map_kind, stem, budget):
+        path = Path(directory) / name
+        write_bytes_atomic(path, data)
         paths.append(path)
     return paths
 
 
-def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) -> ImageResult:
-    """Render and write the result files of one prediction, all or nothing (module docstring)."""
+def _dicom_files(
+    prediction: Prediction,
+    source: str | Path | Any,
+    overlays: Mapping[str, np.ndarray],
+    map_kind: str,
+    stem: str | None,
+    budget: InputBudget | None,
+) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each DICOM result of ``prediction`` (``write_dicom_results``'s
+    arguments), built in memory."""
+    from cxr_edge.dicom_results import build_dicom_results, read_source
+
+    dataset = read_source(source, budget)
+    if stem is None:
+        stem = Path(source).stem if isinstance(source, (str, Path)) else str(dataset.SOPInstanceUID)
+    slugs = label_slugs(prediction.labels)
+    results = build_dicom_results(prediction, dataset, overlays, map_kind)
+    return [(dicom_file_name(stem, result, slugs), result.data) for result in results]
+
+
+def write_result_set(
+    prediction: Prediction,
+    stem: str,
+    options: OutputOptions,
+    regions: ImageRegions | None = None,
+    budget: InputBudget | None = None,
+) -> ImageResult:
+    """Render and write the result files of one prediction, all or nothing (module docstring).
+
+    Its explanations are computed once (``explain.explanations.explain``) for the overlays, the
+    report and the ``ImageResult``; regions: the image regions of an earlier prediction of the
+    same image (a progressive run's previous level), reused when they fit. budget: the run's
+    input budget, within which ``OutputOptions.dicom`` re-reads the source DICOM (default
+    ``InputBudget()``)."""
+    from cxr_edge.explain.explanations import explain
     from cxr_edge.render import encode_png, finding_overlay
     from cxr_edge.report import build_report, report_json
 
@@ -348,9 +366,13 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
     source = _dicom_source(prediction) if options.dicom else None  # refused before any rendering
     staged: list[tuple[str, bytes]] = []
     t0 = time.perf_counter()
+    explained = [*shown, *(label for label in prediction.reported_labels() if label not in shown)]
+    explanations = explain(prediction, explained, options.map_kind, regions)
     rendered = (
         {
-            label: finding_overlay(prediction, label, options.map_kind, center=options.center)
+            label: finding_overlay(
+                prediction, label, options.map_kind, center=options.center, explanations=explanations
+            )
             for label in shown
         }
         if options.overlays or options.dicom
@@ -365,13 +387,15 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
         staged.append((f"{stem}.maps.npz", maps_npz_bytes(prediction)))
     dicom_names: list[str] = []
     if source is not None:
-        from cxr_edge.dicom_results import build_dicom_results, read_source
-
-        for result in build_dicom_results(prediction, read_source(source), rendered, options.map_kind):
-            dicom_names.append(dicom_file_name(stem, result, slugs))
-            staged.append((dicom_names[-1], result.data))
+        dicom_files = _dicom_files(prediction, source, rendered, options.map_kind, stem, budget)
+        dicom_names = [name for name, _ in dicom_files]
+        staged.extend(dicom_files)
     report = build_report(
-        prediction, options.map_kind, overlays=overlay_names, extra_timings_ms={"render": render_ms}
+        prediction,
+        options.map_kind,
+        overlays=overlay_names,
+        extra_timings_ms={"render": render_ms},
+        explanations=explanations,
     )
     if options.dicom:
         report["dicom"] = dicom_names
@@ -384,7 +408,7 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
     new = [report_name, *(name for name, _ in staged)]
     _check_not_clobbering(directory, new, set(old))
     # The journal names the JSON first: recovery keeps a set whose JSON exists.
-    write_text_atomic(journal, "\n".join(dict.fromkeys([report_name, *new, *old])) + "\n")
+    write_text_atomic(journal, "\n".join(dict.fromkeys([*new, *old])) + "\n")
     try:
         (directory / report_name).unlink(missing_ok=True)  # the old set is no longer committed
         for name in set(old) - set(new):
@@ -400,7 +424,7 @@ def write_result_set(prediction: Prediction, stem: str, options: OutputOptions) 
         raise
     journal.unlink(missing_ok=True)
     files = (*(directory / name for name, _ in staged), directory / report_name)
-    return ImageResult(prediction, report, shown, files)
+    return ImageResult(prediction, report, shown, files, explanations)
 
 
 def infer_to_files(
@@ -414,7 +438,7 @@ def infer_to_files(
     """Predict one image with ``edge`` (in-process ``CxrEdge`` or a Triton server's
     ``TritonCxrEdge``) and write its result set: ``infer``'s unit of work."""
     prediction = edge.predict(image, steps=steps, allow_non_chest=allow_non_chest)
-    return write_result_set(prediction, stem, options)
+    return write_result_set(prediction, stem, options, budget=edge.input_budget)
 
 
 def infer_progressive_to_files(
@@ -427,6 +451,10 @@ def infer_progressive_to_files(
 ) -> Iterator[ImageResult]:
     """``infer_to_files`` refined level by level (``CxrEdge.predict_progressive``): after each
     level S' = 1, 2, 4, ..., ``steps`` the image's result set is rewritten for that level (all
-    or nothing, ``write_result_set``) and its ``ImageResult`` yielded; the last one is S."""
+    or nothing, ``write_result_set``) and its ``ImageResult`` yielded; the last one is S. The
+    image regions of the explanations are computed at the first level only."""
+    regions = None
     for prediction in edge.predict_progressive(image, steps=steps, allow_non_chest=allow_non_chest):
-        yield write_result_set(prediction, stem, options)
+        result = write_result_set(prediction, stem, options, regions, edge.input_budget)
+        regions = result.explanations.regions if result.explanations is not None else None
+        yield result

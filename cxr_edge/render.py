@@ -34,8 +34,7 @@ import numpy as np
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.explain.decisive import decisive_patches
 from cxr_edge.explain.evidence import decision_logit, decision_map
-from cxr_edge.explain.rationale import rationale
-from cxr_edge.explain.shortcuts import shortcut_warnings
+from cxr_edge.explain.explanations import Explanations, explained
 from cxr_edge.prediction import Prediction
 from cxr_edge.preprocess import CropBox
 
@@ -161,9 +160,8 @@ def colour_scale(
         centre, reference = 0.0, "logit 0, p = 0.5 (the model has no decision threshold)"
     else:
         centre, reference = 0.0, "logit 0, p = 0.5"
-    scale = ColourScale(centre, reference, 1.0, map_kind)
     if vmax is None:
-        vmax = float(np.max(np.abs(centred_map(prediction, label, scale))))
+        vmax = float(np.max(np.abs(decision_map(prediction, label, map_kind, centre))))
     return ColourScale(centre, reference, float(vmax), map_kind)
 
 
@@ -252,15 +250,20 @@ def finding_image(
     vmax: float | None = None,
     alpha_max: float = 0.6,
     explain: bool = True,
+    explanations: Explanations | None = None,
 ) -> tuple[np.ndarray, ColourScale]:
     """The X-ray (h, w, 3) uint8 RGB with the centred map blended in (and, with ``explain``, the
-    call's decisive patches outlined), and its scale (no frame)."""
+    call's decisive patches outlined), and its scale (no frame). explanations: the prediction's
+    ``explain.explanations.explain`` if already computed (its decisive patches are used)."""
     scale = colour_scale(prediction, label, map_kind, center, vmax)
     rgb = overlay(
         prediction.gray, centred_map(prediction, label, scale), prediction.crop, scale.vmax, alpha_max
     )
     if explain:
-        patches = decisive_patches(prediction, label).patches
+        if explanations is not None and explanations.prediction is prediction:
+            patches = explanations.decisive_of(label).patches
+        else:
+            patches = decisive_patches(prediction, label).patches
         draw_patch_outlines(rgb, prediction.crop, patches, prediction.metadata.grid)
     return rgb, scale
 
@@ -273,31 +276,38 @@ def finding_overlay(
     legend: bool = True,
     alpha_max: float = 0.6,
     center: str = "threshold",
-    footer: Sequence[str] = (),
     explain: bool = True,
+    explanations: Explanations | None = None,
 ) -> np.ndarray:
     """One finding's overlay: ``finding_image`` framed by ``finding_frame`` (module docstring).
 
     Red = pushes toward calling the finding, blue = away, white = the decision threshold
     (``center="zero"``: logit 0). ``vmax`` (map units) defaults to the centred map's largest
     magnitude. legend=False: the bare (h, w, 3) blend; else (banner + h + legend, w, 3) uint8 RGB.
-    explain: outline the decisive patches and add the rationale and shortcut warnings to the footer.
+    explain: outline the decisive patches and add the rationale and shortcut warnings to the
+    footer; explanations: the prediction's ``explain.explanations.explain`` if already computed
+    (used when they cover ``label`` from ``map_kind``'s map).
     """
-    rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max, explain)
-    if explain:
-        footer = (*footer, *explanation_lines(prediction, label, map_kind))
+    if explain and legend:  # the footer needs the rationale and warnings too: all at once
+        explanations = explained(prediction, [label], map_kind, explanations)
+    rgb, scale = finding_image(prediction, label, map_kind, center, vmax, alpha_max, explain, explanations)
     if not legend:
         return rgb
+    footer = explanation_lines(prediction, label, map_kind, explanations) if explain else []
     return frame_overlay(rgb, finding_frame(prediction, label, scale, footer))
 
 
-def explanation_lines(prediction: Prediction, label: str, map_kind: str = "scaled") -> list[str]:
+def explanation_lines(
+    prediction: Prediction, label: str, map_kind: str = "scaled", explanations: Explanations | None = None
+) -> list[str]:
     """Footer lines of one finding: its rationale sentence (outlines named), then each
-    shortcut warning."""
-    text = rationale(prediction, label, map_kind).text
-    if decisive_patches(prediction, label).patches:
+    shortcut warning (from ``explanations`` when they cover ``label``)."""
+    ex = explained(prediction, [label], map_kind, explanations)
+    r = ex.rationales[label]
+    text = r.text
+    if r.decisive.patches:
         text += " Decisive patches outlined in amber."
-    return [text, *(f"Warning: {w.message}" for w in shortcut_warnings(prediction, [label], map_kind))]
+    return [text, *(f"Warning: {w.message}" for w in ex.shortcut_warnings([label]))]
 
 
 def draw_patch_outlines(

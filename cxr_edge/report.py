@@ -22,16 +22,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cxr_edge.explain.decisive import decisive_json, decisive_patches
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, standalone_evidence
-from cxr_edge.explain.rationale import rationale_json
-from cxr_edge.explain.shortcuts import shortcut_json, shortcut_warnings
+from cxr_edge.explain.decisive import decisive_json
+from cxr_edge.explain.evidence import border_band, evidence_share, standalone_evidence
+from cxr_edge.explain.explanations import Explanations, explained
+from cxr_edge.explain.shortcuts import shortcut_json
 from cxr_edge.postprocess import map_peak
 from cxr_edge.prediction import Prediction
 
 REPORT_VERSION = 1
 
-__all__ = ["BORDER_FRACTION", "build_report", "evidence_summary", "report_json"]
+__all__ = ["build_report", "evidence_summary", "report_json"]
 
 
 def _number(x: float) -> float | None:
@@ -63,7 +63,7 @@ def evidence_summary(prediction: Prediction, label: str, map_kind: str = "scaled
     ``peak``: the strongest evidence for the finding (map maximum), at ``x``, ``y`` in
     original-image pixels, ``value`` in logit units. ``border_share``: fraction of the
     finding's standalone evidence (``explain.evidence.standalone_evidence``: the map's part
-    above logit 0, what the shortcut warnings weigh) inside the border band of width ``BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
+    above logit 0, what the shortcut warnings weigh) inside the border band of width ``explain.evidence.BORDER_FRACTION`` of the side; ``border_area_share``: that band's share of the area,
     the value an evenly spread map would give. ``peak_in_border``: the peak lies in the band.
     """
     m = prediction.value_map(label, map_kind)
@@ -92,16 +92,20 @@ def build_report(
     map_kind: str = "scaled",
     overlays: Sequence[str] | None = None,
     extra_timings_ms: dict[str, float] | None = None,
+    explanations: Explanations | None = None,
 ) -> dict[str, Any]:
     """The report dict of one prediction (JSON-ready, see the module docstring).
 
     overlays: names of the overlay files written for it (None: no files were written);
-    extra_timings_ms: stages outside ``predict`` (e.g. ``render``), added to ``timings_ms``.
+    extra_timings_ms: stages outside ``predict`` (e.g. ``render``), added to ``timings_ms``;
+    explanations: ``explain.explanations.explain`` of the prediction if already computed
+    (used when they cover the reported labels from ``map_kind``'s map).
     """
     p = prediction
     crop = p.crop
     timings = {**p.timings_ms, **(extra_timings_ms or {})}
     reported = p.reported_labels()
+    ex = explained(p, reported, map_kind, explanations)
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
         "image": p.image,
@@ -118,14 +122,14 @@ def build_report(
                 "probability": _number(f.probability),
                 "threshold": None if f.threshold is None else _number(f.threshold),
                 "positive": f.positive,
-                "decisive_patches": decisive_json(decisive_patches(p, f.label)),
+                "decisive_patches": decisive_json(ex.decisive_of(f.label)),
             }
             for f in p.findings
         ],
         "reported": reported,
         "evidence": [evidence_summary(p, label, map_kind) for label in reported],
-        "rationale": rationale_json(p, reported, map_kind),
-        "shortcut_warnings": shortcut_json(shortcut_warnings(p, reported, map_kind)),
+        "rationale": ex.rationale_json(reported),
+        "shortcut_warnings": shortcut_json(ex.shortcut_warnings(reported)),
         "backend": p.backend,
         "timings_ms": {k: round(float(v), 3) for k, v in timings.items()},
         "info": _plain(p.info),

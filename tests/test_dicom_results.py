@@ -198,6 +198,22 @@ def test_non_dicom_source_is_refused(edge: CxrEdge, tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_the_source_is_re_read_within_the_input_budget(sample_dicom: Path, tmp_path: Path) -> None:
+    import os
+
+    from cxr_edge.dicom_results import read_source
+    from cxr_edge.errors import CxrEdgeError
+    from cxr_edge.io.budget import InputBudget
+
+    assert read_source(sample_dicom).SOPInstanceUID
+    with pytest.raises(CxrEdgeError, match="over the input budget"):
+        read_source(sample_dicom, InputBudget(max_bytes=1000))
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    with pytest.raises(CxrEdgeError, match="not a regular file"):  # refused, never opened (no hang)
+        read_source(fifo)
+
+
 def test_codes_from_dicom_match_the_standard_tables() -> None:
     """Codes taken from DICOM PS3.16 equal pydicom's tables generated from the standard."""
     expected = {

@@ -149,3 +149,40 @@ def test_progressive_table_is_redrawn_in_place_on_a_terminal(sample_prediction) 
     quiet = LevelDisplay(Console(file=io.StringIO(), force_terminal=False), "scaled", 2)
     quiet.level(ImageResult(sample_prediction, {}, (), ()))
     assert not quiet.done()
+
+
+def test_explanations_reduce_the_image_once_and_match_each_function(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One block reduction of the crop per image (shared by the overlays, the report, the table
+    and a progressive run's levels), and the same explanations as each function alone."""
+    import dataclasses
+
+    from cxr_edge.commands.infer import findings_table
+    from cxr_edge.explain import body
+    from cxr_edge.explain.explanations import explain
+    from cxr_edge.explain.rationale import rationale_json
+    from cxr_edge.outputs import OutputOptions, infer_progressive_to_files, write_result_set
+
+    calls = []
+    original = body._blocks
+    monkeypatch.setattr(body, "_blocks", lambda square: calls.append(1) or original(square))
+    edge = CxrEdge.load()
+    pred = edge.predict(sample_image_path(), steps=2)
+    shown = ("Pleural Effusion", "Cardiomegaly", "Pneumothorax")
+    result = write_result_set(pred, "x", OutputOptions(tmp_path / "a", overlays=True, findings=shown))
+    findings_table(result.prediction, result.shown, "scaled", None, result.explanations)
+    assert len(calls) == 1
+    calls.clear()
+    levels = list(
+        infer_progressive_to_files(edge, sample_image_path(), "x", OutputOptions(tmp_path / "b"), 4)
+    )
+    assert len(levels) == 3 and len(calls) == 1
+    # a turned frame: the body mask and the lung fields each from their own orientation
+    turned = dataclasses.replace(pred, info={**pred.info, "patient_orientation": ["R", "F"]})
+    for p in (pred, turned):
+        calls.clear()
+        ex = explain(p, list(shown))
+        assert len(calls) == (1 if p is pred else 2)
+        assert ex.rationale_json(list(shown)) == rationale_json(p, list(shown))
+        assert ex.shortcut_warnings(list(shown)) == shortcut_warnings(p, list(shown))
+        assert all(ex.decisive_of(f.label) == decisive_patches(p, f.label) for f in p.findings)
+        assert explanation_lines(p, shown[1], explanations=ex) == explanation_lines(p, shown[1])

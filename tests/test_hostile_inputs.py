@@ -250,6 +250,35 @@ def test_decoder_chatter_never_reaches_the_terminal(
     assert "Corrupt JPEG" not in captured.err and "Corrupt JPEG" not in captured.out
 
 
+def test_another_threads_line_during_a_decode_is_given_back_not_a_refusal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fd 2 is redirected process-wide while a file decodes: a line another thread prints then
+    (here one full of the words libjpeg uses) is no decoder message; libjpeg's own still is."""
+    import cv2
+
+    from cxr_edge.errors import CxrEdgeError
+    from cxr_edge.io import load_xray
+
+    imdecode = cv2.imdecode
+    foreign = "OpenCV JPEG scan: marker SOS/DHT found, Huffman tables bogus? premature? (a log line)"
+
+    def chatty(buf, flags):  # type: ignore[no-untyped-def]
+        os.write(2, (foreign + "\n").encode())
+        return imdecode(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", chatty)
+    good = tmp_path / "good.jpg"
+    good.write_bytes(hc.jpeg_bytes(GOOD))
+    xray = load_xray(good)
+    assert xray.pixels.shape == GOOD.shape and "decoder_warnings" not in xray.info
+    assert foreign in capfd.readouterr().err
+    half = tmp_path / "half.jpg"
+    half.write_bytes(hc.cut_with_fake_end(hc.jpeg_bytes(GOOD), 0.5))
+    with pytest.raises(CxrEdgeError, match="premature end of data segment"):
+        load_xray(half)
+
+
 def test_control_characters_in_names_are_escaped(tmp_path: Path) -> None:
     name = "evil\x1b[31mred\u202e.png"
     path = tmp_path / name

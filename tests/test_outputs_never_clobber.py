@@ -210,6 +210,21 @@ def test_a_second_writer_to_the_same_folder_is_refused(tmp_path: Path) -> None:
     assert not (out / "a.json").exists()
 
 
+def test_exclusive_lock_refuses_a_second_holder_with_the_callers_message(tmp_path: Path) -> None:
+    import os
+
+    from cxr_edge.locking import exclusive_lock, try_lock
+
+    lock = tmp_path / ".lock"
+    with exclusive_lock(lock, "busy here", tmp_path):
+        with pytest.raises(CxrEdgeError, match="busy here") as caught:
+            try_lock(lock, "busy here", tmp_path)
+        assert caught.value.path == str(tmp_path)
+    fd = try_lock(lock, "busy here")  # released with the block
+    assert fd is not None
+    os.close(fd)
+
+
 def test_output_stems_are_unique_and_stable() -> None:
     from cxr_edge.outputs import max_stem_bytes, output_stems
 

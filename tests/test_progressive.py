@@ -168,3 +168,17 @@ def test_stopping_early_closes_cleanly() -> None:
     first = next(gen)
     gen.close()
     assert first.steps == 1 and backend.patches_run == (IMAGE_SIZE // PATCH) ** 2
+
+
+def test_a_progressive_batch_on_a_server_is_refused_before_any_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cxr_edge.batch import run_batch
+    from cxr_edge.errors import CxrEdgeError
+    from cxr_edge.outputs import OutputOptions
+
+    class ServerLike:  # a Predictor that is not the in-process CxrEdge
+        metadata = CxrEdge.load().metadata
+
+    out = tmp_path / "out"
+    with pytest.raises(CxrEdgeError, match="progressive maps need the model in this process"):
+        run_batch(ServerLike(), [tmp_path / "a.png"], OutputOptions(out), steps=2, progressive=True)  # type: ignore[arg-type]
+    assert not out.exists()  # not even the output folder was made

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.live import Live
     from rich.table import Table
 
+    from cxr_edge.explain.explanations import Explanations
     from cxr_edge.metadata import ModelMetadata
     from cxr_edge.outputs import ImageResult
     from cxr_edge.prediction import Prediction
@@ -45,31 +46,33 @@ def parse_findings(text: str | None, metadata: ModelMetadata) -> tuple[str, ...]
 
 
 def findings_table(
-    prediction: Prediction, shown: tuple[str, ...], map_kind: str = "scaled", of_steps: int | None = None
+    prediction: Prediction,
+    shown: tuple[str, ...],
+    map_kind: str = "scaled",
+    of_steps: int | None = None,
+    explanations: Explanations | None = None,
 ) -> Table:
     """A rich table of all findings; rows with an overlay are marked. The title names the image
     and the model (file, variant, short sha256); the caption carries the NOT FOR CLINICAL USE
     banner when the model's intended use is not clinical, as the overlays do, then the rationale
     of each shown finding and any shortcut warning (``cxr_edge.explain``). ``decisive``: how many
-    patches reverse the call. of_steps: the final S of a progressive run."""
+    patches reverse the call. of_steps: the final S of a progressive run. explanations: the
+    prediction's ``explain.explanations.explain`` if already computed (an ``ImageResult``'s)."""
     from rich.markup import escape
     from rich.table import Table
 
-    from cxr_edge.explain.decisive import decisive_patches
-    from cxr_edge.explain.rationale import rationale
-    from cxr_edge.explain.shortcuts import shortcut_warnings
+    from cxr_edge.explain.explanations import explained
     from cxr_edge.render import clinical_use_banner, model_identity
+
+    ex = explained(prediction, shown, map_kind, explanations)
 
     level = f"S={prediction.steps}" + (f" of {of_steps}" if of_steps is not None else "")
     head = printable(f"{prediction.image or 'image'}  ({level}, {prediction.backend})")
     title = escape(head) + "\n" + escape(printable(model_identity(prediction)))
     banner = clinical_use_banner(prediction)
     caption = [f"[bold red]{escape(banner)}[/]"] if banner else []
-    caption += [escape(rationale(prediction, label, map_kind).text) for label in shown]
-    caption += [
-        f"[bold yellow]warning:[/] {escape(w.message)}"
-        for w in shortcut_warnings(prediction, list(shown), map_kind)
-    ]
+    caption += [escape(ex.rationales[label].text) for label in shown]
+    caption += [f"[bold yellow]warning:[/] {escape(w.message)}" for w in ex.shortcut_warnings(shown)]
     table = Table(
         title=title, title_justify="left", caption="\n".join(caption) or None, caption_justify="left"
     )
@@ -84,7 +87,7 @@ def findings_table(
         style = "bold red" if f.positive else ("bold" if f.label in shown else None)
         thr = "-" if f.threshold is None else f"{f.threshold:.3f}"
         mark = " *" if f.label in shown else ""
-        decisive = decisive_patches(prediction, f.label)
+        decisive = ex.decisive_of(f.label)
         count = "none" if decisive.count is None else f"{decisive.count}/{decisive.grid_patches}"
         table.add_row(
             escape(f.label) + mark, f"{f.probability:.3f}", f"{f.logit:+.3f}", thr, result, count, style=style
@@ -105,7 +108,9 @@ class LevelDisplay:
             return
         from rich.live import Live
 
-        table = findings_table(result.prediction, result.shown, self.map_kind, self.steps)
+        table = findings_table(
+            result.prediction, result.shown, self.map_kind, self.steps, result.explanations
+        )
         if self._live is None:
             self._live = Live(table, console=self.console, auto_refresh=False)
             self._live.start()
@@ -283,7 +288,10 @@ def register(app: typer.Typer) -> None:
                 else:
                     if not shown_live:
                         of_steps = steps if progressive else None
-                        table = findings_table(item.result.prediction, item.result.shown, map_kind, of_steps)
+                        result = item.result
+                        table = findings_table(
+                            result.prediction, result.shown, map_kind, of_steps, result.explanations
+                        )
                         progress.console.print(table)
                     warning = item.result.prediction.info.get("scope_warning")
                     if warning:

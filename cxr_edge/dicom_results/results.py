@@ -19,6 +19,7 @@ from cxr_edge.dicom_results.uids import ResultUids
 from cxr_edge.errors import CxrEdgeError
 
 if TYPE_CHECKING:
+    from cxr_edge.io.budget import InputBudget
     from cxr_edge.prediction import Prediction
 
 
@@ -34,11 +35,14 @@ class DicomResult:
     data: bytes
 
 
-def read_source(source: str | Path | Any) -> Any:
-    """The source pydicom Dataset: given as one, or read from a DICOM file (CxrEdgeError if the
-    file is not DICOM or lacks the UIDs results must reference)."""
+def read_source(source: str | Path | Any, budget: InputBudget | None = None) -> Any:
+    """The source pydicom Dataset: given as one, or read from a DICOM file within ``budget``
+    (default ``InputBudget()``; ``cxr_edge.io.budget.read_input_file``, as inputs are read).
+    CxrEdgeError if the file is not DICOM, is over the budget or lacks the UIDs results must
+    reference."""
     from pydicom.dataset import Dataset
 
+    from cxr_edge.io.budget import InputBudget, read_input_file
     from cxr_edge.io.dicom import read_dataset
 
     if isinstance(source, Dataset):
@@ -46,11 +50,8 @@ def read_source(source: str | Path | Any) -> Any:
         where: str | Path = "<dataset>"
     else:
         where = Path(source)
-        try:
-            data = where.read_bytes()
-        except OSError as exc:
-            raise CxrEdgeError(where, f"cannot read ({exc.strerror or type(exc).__name__})") from None
-        ds = read_dataset(where, data)
+        budget = budget or InputBudget()
+        ds = read_dataset(where, read_input_file(where, budget), budget)
     for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID"):
         if not str(ds.get(keyword, "") or ""):
             raise CxrEdgeError(where, f"DICOM has no {keyword}; results could not be filed in its study")

@@ -6,6 +6,8 @@
 - ``body``: a body mask from the radiograph's own background;
 - ``rationale``: one templated sentence per finding, with patient- or image-side zones;
 - ``shortcuts``: warnings when evidence sits on the border or outside the body.
+- ``explanations``: all of them for one prediction at once (``explain``), the image regions
+  computed once, for the report, the overlays and the findings table.
 
 Every function reads a ``Prediction`` and returns plain values; nothing here draws or writes.
 """

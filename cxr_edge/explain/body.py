@@ -50,9 +50,13 @@ def _blocks(square: np.ndarray) -> np.ndarray:
 
 def body_mask_blocks(square: np.ndarray) -> np.ndarray:
     """``(BODY_GRID, BODY_GRID) bool`` body mask of a square ``(s, s)`` uint8 image (see module)."""
+    return _body_of_blocks(_blocks(square))
+
+
+def _body_of_blocks(blocks: np.ndarray) -> np.ndarray:
+    """The body mask (steps 2-4 of the module docstring) of ``_blocks`` means."""
     import cv2
 
-    blocks = _blocks(square)
     lo, hi = float(blocks.min()), float(np.percentile(blocks, 99))
     if hi - lo < MIN_CONTRAST:
         return np.ones((BODY_GRID, BODY_GRID), dtype=bool)  # flat: no background to tell apart
@@ -69,32 +73,46 @@ def body_mask_blocks(square: np.ndarray) -> np.ndarray:
     return body
 
 
-def body_mask(gray: np.ndarray, crop: CropBox, size: int) -> np.ndarray:
-    """``(size, size) bool`` body mask in the model frame of ``gray (h, w) uint8`` cropped to
-    ``crop`` (each block repeated over its pixels, nearest neighbour)."""
+def crop_square(gray: np.ndarray, crop: CropBox) -> np.ndarray:
+    """The ``(side, side)`` view of ``gray`` the model saw (``crop``, original pixels)."""
+    return gray[crop.top : crop.top + crop.side, crop.left : crop.left + crop.side]
+
+
+def body_mask_frame(blocks: np.ndarray, size: int) -> np.ndarray:
+    """``(size, size) bool``: a ``(BODY_GRID, BODY_GRID)`` body mask in the model frame (each
+    block repeated over its pixels, nearest neighbour)."""
     import cv2
 
-    square = gray[crop.top : crop.top + crop.side, crop.left : crop.left + crop.side]
-    blocks = body_mask_blocks(square).astype(np.uint8)
-    mask: np.ndarray = cv2.resize(blocks, (size, size), interpolation=cv2.INTER_NEAREST) > 0
+    mask: np.ndarray = cv2.resize(blocks.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
     return mask
+
+
+def body_mask(gray: np.ndarray, crop: CropBox, size: int) -> np.ndarray:
+    """``(size, size) bool`` body mask in the model frame of ``gray (h, w) uint8`` cropped to
+    ``crop`` (``body_mask_frame`` of ``body_mask_blocks``)."""
+    return body_mask_frame(body_mask_blocks(crop_square(gray, crop)), size)
 
 
 def lung_fields_blocks(square: np.ndarray) -> np.ndarray:
     """``(BODY_GRID, BODY_GRID) bool`` lung fields of a square ``(s, s)`` uint8 image (see module);
     all False when the body has no dark part."""
+    return body_and_lung_fields_blocks(square)[1]
+
+
+def body_and_lung_fields_blocks(square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(body_mask_blocks(square), lung_fields_blocks(square))`` from one block reduction."""
     import cv2
 
     blocks = _blocks(square)
-    body = body_mask_blocks(square)
+    body = _body_of_blocks(blocks)
     if body.sum() < 2:
-        return np.zeros_like(body)
+        return body, np.zeros_like(body)
     values = np.clip(np.rint(blocks[body]), 0, 255).astype(np.uint8).reshape(-1, 1)
     level, _ = cv2.threshold(values, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     dark = (body & (blocks <= level)).astype(np.uint8)
     count, parts, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=4)
     if count <= 1:
-        return np.zeros_like(body)
+        return body, np.zeros_like(body)
     largest = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:2]
     fields: np.ndarray = np.isin(parts, largest)
-    return fields
+    return body, fields

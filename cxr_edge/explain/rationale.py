@@ -27,12 +27,13 @@ are both displayed as if facing the patient, and laterality describes paired org
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from cxr_edge.explain.body import lung_fields_blocks
+from cxr_edge.explain.body import crop_square, lung_fields_blocks
 from cxr_edge.explain.decisive import DecisivePatches, decisive_patches
 from cxr_edge.explain.evidence import finding_evidence
 from cxr_edge.prediction import Prediction
@@ -135,13 +136,22 @@ def zone_name(side: str, third: str, patient_sides: bool) -> str:
     return f"image-{'left' if side == 'right' else 'right'} {third}"
 
 
-def finding_zones(prediction: Prediction, label: str, map_kind: str = "scaled") -> dict[str, float] | None:
-    """``zone_shares`` of one finding: its map and the image's lung fields, both turned to
-    standard orientation by the header's Patient Orientation (``orientation``)."""
+def lung_fields(prediction: Prediction) -> np.ndarray:
+    """``(BODY_GRID, BODY_GRID) bool`` lung fields of the prediction's crop, in standard
+    orientation (``lung_fields_blocks`` of the crop turned by ``orientation``)."""
     o = orientation(prediction.info)
-    crop = prediction.crop
-    square = prediction.gray[crop.top : crop.top + crop.side, crop.left : crop.left + crop.side]
-    fields = lung_fields_blocks(np.ascontiguousarray(to_standard(square, o)))
+    return lung_fields_blocks(to_standard(crop_square(prediction.gray, prediction.crop), o))
+
+
+def finding_zones(
+    prediction: Prediction, label: str, map_kind: str = "scaled", fields: np.ndarray | None = None
+) -> dict[str, float] | None:
+    """``zone_shares`` of one finding: its map and the image's lung fields, both turned to
+    standard orientation by the header's Patient Orientation (``orientation``). fields: the
+    image's ``lung_fields`` if already computed (they depend on the image only)."""
+    o = orientation(prediction.info)
+    if fields is None:
+        fields = lung_fields(prediction)
     positive = to_standard(finding_evidence(prediction, label, map_kind), o)
     return zone_shares(positive, fields, o.patient_sides)
 
@@ -163,12 +173,21 @@ def _probability(p: float) -> str:
     return f"{p:.2f}" if p >= 0.1 else f"{p:.3f}"
 
 
-def rationale(prediction: Prediction, label: str, map_kind: str = "scaled") -> Rationale:
-    """The templated sentence of one finding (module docstring); evidence from ``map_kind``."""
+def rationale(
+    prediction: Prediction,
+    label: str,
+    map_kind: str = "scaled",
+    fields: np.ndarray | None = None,
+    decisive: DecisivePatches | None = None,
+) -> Rationale:
+    """The templated sentence of one finding (module docstring); evidence from ``map_kind``.
+    fields, decisive: the image's ``lung_fields`` and the finding's ``decisive_patches`` if
+    already computed (``cxr_edge.explain.explanations.explain`` computes them once)."""
     finding = prediction.finding(label)
-    decisive = decisive_patches(prediction, label)
+    if decisive is None:
+        decisive = decisive_patches(prediction, label)
     o = orientation(prediction.info)
-    shares = finding_zones(prediction, label, map_kind)
+    shares = finding_zones(prediction, label, map_kind, fields)
     n = decisive.grid_patches
     head = f"{finding.label}: probability {_probability(finding.probability)}"
     if decisive.thresholded:
@@ -203,16 +222,20 @@ def rationale(prediction: Prediction, label: str, map_kind: str = "scaled") -> R
 def rationale_json(prediction: Prediction, labels: list[str], map_kind: str = "scaled") -> dict[str, Any]:
     """The report's ``rationale``: ``sides`` (where left/right come from) and ``findings``
     [{label, text, zone, zone_share}] for ``labels``."""
-    o = orientation(prediction.info)
-    entries = []
-    for label in labels:
-        r = rationale(prediction, label, map_kind)
-        entries.append(
-            {
-                "label": r.label,
-                "text": r.text,
-                "zone": r.zone,
-                "zone_share": None if r.zone_share is None else round(r.zone_share, 4),
-            }
-        )
+    fields = lung_fields(prediction)
+    rationales = [rationale(prediction, label, map_kind, fields) for label in labels]
+    return rationales_json(orientation(prediction.info), rationales)
+
+
+def rationales_json(o: Orientation, rationales: Sequence[Rationale]) -> dict[str, Any]:
+    """``rationale_json`` of rationales already computed, for a frame of orientation ``o``."""
+    entries = [
+        {
+            "label": r.label,
+            "text": r.text,
+            "zone": r.zone,
+            "zone_share": None if r.zone_share is None else round(r.zone_share, 4),
+        }
+        for r in rationales
+    ]
     return {"sides": "patient" if o.patient_sides else "image", "basis": o.basis, "findings": entries}

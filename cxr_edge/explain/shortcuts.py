@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cxr_edge.explain.body import body_mask
-from cxr_edge.explain.evidence import BORDER_FRACTION, border_band, evidence_share, standalone_evidence
+from cxr_edge.explain.evidence import border_band, border_band_width, evidence_share, standalone_evidence
 from cxr_edge.prediction import Prediction
 
 #: Border-band share of the evidence at which a finding is flagged.
@@ -65,7 +65,7 @@ def shortcut_warnings(
                 "border",
                 band,
                 BORDER_WARNING_SHARE,
-                f"the border band ({BORDER_FRACTION * size:.0f} px of {size})",
+                f"the border band ({border_band_width(size)} px of {size})",
             ),
             ("outside_body", outside, OUTSIDE_BODY_WARNING_SHARE, "outside the body"),
         )

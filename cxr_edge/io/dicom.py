@@ -37,7 +37,7 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.io.budget import InputBudget
-from cxr_edge.io.decoder_messages import corruption_messages, native_stderr
+from cxr_edge.io.decoder_messages import decode_image, one_line
 from cxr_edge.io.gray import pil_luma, to_8bit
 from cxr_edge.io.scope import header_scope, scope_problem
 
@@ -247,8 +247,9 @@ def _header_int(ds: Any, keyword: str, default: int) -> int:
         return default
 
 
-def _check_pixel_data(path: Path, ds: Any, budget: InputBudget) -> None:
-    """Budget, frame count and PixelData length from the header, before anything is decoded."""
+def _check_pixel_data(path: Path, ds: Any, budget: InputBudget) -> int:
+    """Budget, frame count and PixelData length from the header, before anything is decoded.
+    Returns SamplesPerPixel (1 or 3)."""
     rows, cols = _header_int(ds, "Rows", 0), _header_int(ds, "Columns", 0)
     frames = _header_int(ds, "NumberOfFrames", 1)
     samples = _header_int(ds, "SamplesPerPixel", 1)
@@ -270,7 +271,7 @@ def _check_pixel_data(path: Path, ds: Any, budget: InputBudget) -> None:
                 f"DICOM PixelData holds {have} bytes, Rows x Columns x samples x bits needs {needed} "
                 "(truncated file; refused, not padded)",
             )
-        return
+        return samples
     from pydicom.encaps import generate_frames
 
     try:
@@ -282,21 +283,15 @@ def _check_pixel_data(path: Path, ds: Any, budget: InputBudget) -> None:
         raise CxrEdgeError(path, "truncated compressed DICOM frame (no end marker); refused")
     if syntax in _LIBJPEG_SYNTAXES:
         _check_jpeg_frame(path, body)
+    return samples
 
 
 def _check_jpeg_frame(path: Path, frame: bytes) -> None:
-    """Decode a baseline/extended JPEG frame once with libjpeg to hear about corrupt data."""
-    import cv2
-
-    with native_stderr() as messages:
-        try:
-            cv2.imdecode(np.frombuffer(frame, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            pass  # pydicom's own decoder then says whether it can read the frame
-    corrupt = corruption_messages("jpeg", messages)
+    """Decode a baseline/extended JPEG frame once with libjpeg to hear about corrupt data (if
+    OpenCV cannot decode it at all, pydicom's own decoder then says whether it can read it)."""
+    corrupt = decode_image(frame, "jpeg").corrupt
     if corrupt:
-        cause = " ".join(corrupt[0].split())[:160]
-        raise CxrEdgeError(path, f"corrupt JPEG data in the DICOM frame, refused ({cause})")
+        raise CxrEdgeError(path, f"corrupt JPEG data in the DICOM frame, refused ({one_line(corrupt[0])})")
 
 
 def _check_rescale(path: Path, ds: Any) -> None:
@@ -341,7 +336,7 @@ def dicom_to_l(
         raise CxrEdgeError(path, f"refused, {problem}; override with allow_non_chest / --allow-non-chest")
     if "PixelData" not in ds:
         raise CxrEdgeError(path, "DICOM has no PixelData (header only, no image)")
-    _check_pixel_data(path, ds, budget)
+    samples = _check_pixel_data(path, ds, budget)
     syntax = _transfer_syntax_name(ds)
     try:
         with pydicom_muted():
@@ -351,7 +346,6 @@ def dicom_to_l(
             path, f"cannot decode DICOM pixel data ({syntax}; {type(exc).__name__}: truncated or unsupported)"
         ) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if stored.ndim not in (2, 3) or min(stored.shape[:2]) < 1:
         raise CxrEdgeError(path, f"unexpected DICOM pixel array shape {stored.shape}")
     info: dict[str, Any] = {
@@ -366,7 +360,7 @@ def dicom_to_l(
         "transfer_syntax": syntax,
         "width": int(stored.shape[1]),
         "height": int(stored.shape[0]),
-        "scope": header_scope(ds),
+        "scope": header_scope(ds, problem),
     }
     if problem:
         info["scope_warning"] = problem

@@ -21,7 +21,7 @@ import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.io.budget import InputBudget, jpeg_size, png_size
-from cxr_edge.io.decoder_messages import corruption_messages, native_stderr
+from cxr_edge.io.decoder_messages import decode_image, one_line
 from cxr_edge.io.gray import opencv_to_l
 
 #: Raster formats decoded; others that ``raster_format`` recognises are refused by name.
@@ -56,12 +56,6 @@ def _check_complete(path: Path, data: bytes, fmt: str) -> None:
         raise CxrEdgeError(path, "truncated JPEG (no end-of-image marker after the last scan)")
 
 
-def _one_line(text: str, limit: int = 160) -> str:
-    """A decoder message as one short line (control characters dropped)."""
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def decode_raster(
     path: Path, data: bytes, fmt: str, budget: InputBudget | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -70,28 +64,19 @@ def decode_raster(
     Refuses (CxrEdgeError): other formats, a header over ``budget``, truncated files, and any
     decoder error or corruption warning (quoted as the one-line cause).
     """
-    import cv2
-
     budget = budget or InputBudget()
     if fmt not in SUPPORTED_RASTER_FORMATS:
         raise CxrEdgeError(path, f"{fmt.upper()} is not supported: give PNG, JPEG or DICOM")
     width, height = png_size(path, data) if fmt == "png" else jpeg_size(path, data)
     budget.check_pixels(path, width, height, what=fmt.upper())
     _check_complete(path, data, fmt)
-    with native_stderr() as messages:
-        try:
-            decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error as exc:
-            decoded = None
-            exception_text = _one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else "")
-        else:
-            exception_text = ""
-    corrupt = corruption_messages(fmt, messages)
+    outcome = decode_image(data, fmt)
+    decoded, corrupt = outcome.image, outcome.corrupt
     if decoded is None or decoded.size == 0:
-        cause = corrupt[0] if corrupt else exception_text or "corrupt or truncated file"
-        raise CxrEdgeError(path, f"cannot decode {fmt.upper()} data ({_one_line(cause)})")
+        cause = corrupt[0] if corrupt else outcome.error or "corrupt or truncated file"
+        raise CxrEdgeError(path, f"cannot decode {fmt.upper()} data ({one_line(cause)})")
     if corrupt:
-        raise CxrEdgeError(path, f"corrupt {fmt.upper()} data, refused ({_one_line(corrupt[0])})")
+        raise CxrEdgeError(path, f"corrupt {fmt.upper()} data, refused ({one_line(corrupt[0])})")
     if decoded.shape[:2] != (height, width):
         raise CxrEdgeError(
             path, f"decoded {decoded.shape[1]} x {decoded.shape[0]} pixels, header says {width} x {height}"
@@ -109,6 +94,6 @@ def decode_raster(
         "width": int(gray.shape[1]),
         "height": int(gray.shape[0]),
     }
-    if messages:  # harmless ones only (ancillary PNG chunks): kept as facts, not printed
-        info["decoder_warnings"] = [_one_line(m) for m in messages]
+    if outcome.messages:  # harmless ones only (ancillary PNG chunks): kept as facts, not printed
+        info["decoder_warnings"] = [one_line(m) for m in outcome.messages]
     return np.ascontiguousarray(gray), info

@@ -53,11 +53,12 @@ def scope_problem(ds: Any) -> str | None:
     return None
 
 
-def header_scope(ds: Any) -> str:
+def header_scope(ds: Any, problem: str | None) -> str:
     """ "header" when the header positively says frontal chest radiograph (Modality CR/DX, a
-    chest BodyPartExamined, no lateral/oblique view), else "unverified" (silent header)."""
+    chest BodyPartExamined, no lateral/oblique view), else "unverified" (silent header).
+    problem: ``scope_problem(ds)``, which the caller has already asked."""
     modality = _text(ds, "Modality").upper()
     body_part = _text(ds, "BodyPartExamined")
-    if modality in RADIOGRAPH_MODALITIES and _CHEST_WORDS.search(body_part) and scope_problem(ds) is None:
+    if modality in RADIOGRAPH_MODALITIES and _CHEST_WORDS.search(body_part) and problem is None:
         return "header"
     return "unverified"
