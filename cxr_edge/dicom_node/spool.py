@@ -15,7 +15,6 @@ The bound counts incoming/, results/ and failed/; an image that would pass it is
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -23,12 +22,12 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydicom.uid import RE_VALID_UID
 
 from cxr_edge.atomic import fsync_path, write_bytes_atomic, write_text_atomic
-from cxr_edge.errors import CxrEdgeError
+from cxr_edge.locking import try_lock
 
 #: Free disk space the spool leaves to everything else on the machine.
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
@@ -89,25 +88,19 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._lock_file: IO[str] | None = None
+        self._lock_fd: int | None = None
 
     # -- ownership -----------------------------------------------------------------------------
 
     def acquire(self) -> None:
         """Take the spool for this process (an exclusive lock the OS drops if the process dies);
         CxrEdgeError if another node holds it."""
-        handle = open(self.root / ".lock", "a")  # noqa: SIM115 - held for the process's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise CxrEdgeError(self.root, "spool is in use by another running node") from None
-        self._lock_file = handle
+        self._lock_fd = try_lock(self.root / ".lock", "spool is in use by another running node", self.root)
 
     def release(self) -> None:
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def recover(self) -> None:
         """After a crash: drop half-written temporaries and finish cleaning up objects whose
