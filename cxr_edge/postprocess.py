@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.tile import shift_offsets, shift_pairs
+from cxr_edge.tile import offset_index, shift_index, shift_offsets, shift_pairs
 
 #: The two saliency maps of an image: ``raw`` (mean patch logit) and ``scaled`` (mean of patch
 #: logit x sigmoid of its copy's image logit).
@@ -172,9 +172,9 @@ class SaliencyAccumulator:
             raise ValueError(
                 f"logits must be ({len(pairs)}*{g * g}, {c}) for {len(pairs)} shifts, got shape {logits.shape}"
             )
-        rows = self._offset_index(pairs[:, 0])
-        cols = self._offset_index(pairs[:, 1])
-        if len(np.unique(rows * self.steps + cols)) != len(pairs) or self._seen[rows, cols].any():
+        index = shift_index(pairs, self.steps, self.patch_size)
+        rows, cols = np.divmod(index, self.steps)
+        if len(np.unique(index)) != len(pairs) or self._seen[rows, cols].any():
             raise ValueError("a shift was added twice")
         self._seen[rows, cols] = True
         # Advanced indices split by a slice put the K axis first: target is (K, C, G, G).
@@ -198,7 +198,8 @@ class SaliencyAccumulator:
         if not 1 <= steps <= self.steps:
             raise ValueError(f"level {steps} is outside 1..{self.steps}")
         offsets = shift_offsets(steps, self.patch_size)
-        idx = self._offset_index(offsets)  # raises unless the level's offsets nest in S's
+        # Raises unless the level's offsets nest in S's.
+        idx = offset_index(offsets, self.steps, self.patch_size)
         seen = self._seen[np.ix_(idx, idx)]
         if not seen.all():
             level = "" if steps == self.steps else f" (level {steps} of {self.steps})"

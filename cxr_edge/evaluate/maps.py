@@ -21,7 +21,7 @@ from cxr_edge.errors import CxrEdgeError
 from cxr_edge.postprocess import MAP_KINDS, SaliencyAccumulator
 from cxr_edge.postprocess_published import published_scaled_map
 from cxr_edge.preprocess import CropBox
-from cxr_edge.tile import shift_offsets
+from cxr_edge.tile import shift_index, shift_offsets
 
 if TYPE_CHECKING:
     from cxr_edge.pipeline import CxrEdge
@@ -66,11 +66,7 @@ class _RecordingAccumulator(SaliencyAccumulator):
 
     def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
         super().add(pairs, logits)
-        pairs = np.asarray(pairs)
-        # copy k = i*S + j in tile.shift_pairs order (row offset index i, column offset index j)
-        k = np.searchsorted(self.offsets, pairs[:, 0]) * self.steps + np.searchsorted(
-            self.offsets, pairs[:, 1]
-        )
+        k = shift_index(pairs, self.steps, self.patch_size)  # copy k in tile.shift_pairs order
         self.by_copy[k] = np.asarray(logits, np.float64).reshape(len(pairs), self.grid * self.grid, -1)
 
 
