@@ -520,13 +520,14 @@ class CxrEdge:
         per_shift = md.patches_per_image
         shifts_per_chunk = min(self.max_patches, backend.chunk_patches) // per_shift
         total = steps * steps
+        spent = _StageSeconds()
         image = self._device_images.take(0)
         try:
             with self._backend_lock or contextlib.nullcontext():
                 stream = backend.stream_handle
                 t0 = clock()
                 image.upload(model_input, stream)
-                tile_s, backend_s = clock() - t0, 0.0
+                spent.tile += clock() - t0
                 for first in range(0, total, shifts_per_chunk):
                     count = min(shifts_per_chunk, total - first)
                     t0 = clock()
@@ -534,17 +535,17 @@ class CxrEdge:
                     t1 = clock()
                     backend.run_device_input(count * per_shift, acc.logits_address(first))
                     acc.mark_written(first, count)
-                    tile_s += t1 - t0
-                    backend_s += clock() - t1
+                    spent.tile += t1 - t0
+                    spent.backend += clock() - t1
                 acc.wait_for(stream)
             t0 = clock()
             maps = acc.finish(md.labels)
-            post_s = clock() - t0
+            spent.postprocess += clock() - t0
         except BaseException:
             self._device_images.discard(image)
             raise
         self._device_images.give(0, image)
-        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+        return maps, spent.as_ms()
 
     def close(self) -> None:
         """Free what the model keeps between images: pooled postprocess buffers (GPU memory,
