@@ -220,34 +220,34 @@ def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
     raise CxrEdgeError(None, f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {kind!r}")
 
 
-def _default_accumulator() -> AccumulatorFactory:
-    """The CUDA postprocess when its library (tools/build_cuda.sh), cuda-python and a GPU are
-    all present, else the numpy ``SaliencyAccumulator`` (same results; the CUDA one's oracle)."""
+def _cuda_kernels_usable() -> bool:
+    """True when the CUDA kernel library (tools/build_cuda.sh), cuda-python and a GPU are all
+    present: then the CUDA postprocess and tile kernel are the defaults."""
     from cxr_edge.cuda.kernels import find_library
 
-    if find_library() is not None:  # cheap file check: a CPU-only install never loads CUDA
-        from cxr_edge.cuda.postprocess import gpu_accumulator_factory
+    if find_library() is None:  # cheap file check: a CPU-only install never loads CUDA
+        return False
+    from cxr_edge.cuda.postprocess import gpu_postprocess_available
 
-        factory = gpu_accumulator_factory()
-        if factory is not None:
-            return factory
+    return gpu_postprocess_available()
+
+
+def _default_accumulator(cuda: bool) -> AccumulatorFactory:
+    """The CUDA postprocess when ``cuda`` (``_cuda_kernels_usable``), else the numpy
+    ``SaliencyAccumulator`` (same results; the CUDA one's oracle)."""
+    if cuda:
+        from cxr_edge.cuda.postprocess import GpuPostprocess
+
+        return GpuPostprocess
     from cxr_edge.postprocess import SaliencyAccumulator
 
     return SaliencyAccumulator
 
 
-def _default_device_image(backend: PatchBackend) -> DeviceImageFactory | None:
-    """The CUDA tile kernel's ``CudaDeviceImage`` for a device backend when the kernel library,
-    cuda-python and a GPU are present, else None (patches are tiled on the host)."""
-    if not isinstance(backend, DeviceBackend):
-        return None
-    from cxr_edge.cuda.kernels import find_library
-
-    if find_library() is None:
-        return None
-    from cxr_edge.cuda.postprocess import gpu_postprocess_available
-
-    if not gpu_postprocess_available():
+def _default_device_image(cuda: bool) -> DeviceImageFactory | None:
+    """The CUDA tile kernel's ``CudaDeviceImage`` when ``cuda`` (``_cuda_kernels_usable``),
+    else None (patches are tiled on the host)."""
+    if not cuda:
         return None
     from cxr_edge.cuda.tiling import CudaDeviceImage
 
@@ -283,14 +283,17 @@ class CxrEdge:
         self.backend = backend
         self.metadata: ModelMetadata = backend.metadata
         self.model_path = None if model_path is None else Path(model_path)
-        self._accumulator = accumulator or _default_accumulator()
+        device = isinstance(backend, DeviceBackend)
+        want_device_image = tile_on_device and device_image is None and device
+        # Probed once, and only when a default needs it (a CPU-only install never loads CUDA).
+        cuda = (accumulator is None or want_device_image) and _cuda_kernels_usable()
+        self._accumulator = accumulator or _default_accumulator(cuda)
         per_shift = self.metadata.patches_per_image
         if max_patches is None:
             max_patches = (
                 backend.chunk_patches if isinstance(backend, ChunkedBackend) else DEFAULT_CHUNK_PATCHES
             )
         self.max_patches = max(int(max_patches), per_shift)
-        device = isinstance(backend, DeviceBackend)
         self._backend_lock = threading.Lock() if device or not backend.thread_safe else None
         self._model_info: dict[str, Any] | None = None
         self._owns_backend = False
@@ -300,7 +303,7 @@ class CxrEdge:
         )
         factory = None
         if tile_on_device:
-            factory = device_image if device_image is not None else _default_device_image(backend)
+            factory = device_image if device_image is not None else _default_device_image(cuda and device)
         self._device_images: Pool[int, DeviceImage] | None = None
         if factory is not None and isinstance(backend, DeviceBackend):
             if backend.chunk_patches < per_shift:
