@@ -104,7 +104,6 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
 
 def check_pixels(
     gray: np.ndarray,
-    source: str,
     info: dict[str, Any],
     name: str,
     allow_non_chest: bool = False,
@@ -157,7 +156,7 @@ def prepare_image(
         gray, name, source = xray.pixels, str(image), xray.source
         info = dict(xray.info)
         if limits is not None:
-            info = check_pixels(gray, source, info, name, allow_non_chest, limits)
+            info = check_pixels(gray, info, name, allow_non_chest, limits)
     else:
         gray = _as_gray(image)
     t1 = clock()
