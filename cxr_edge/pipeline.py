@@ -431,13 +431,15 @@ class CxrEdge:
         or straight into a device accumulator's buffer when the backend is a device backend."""
         md = self.metadata
         clock = time.perf_counter
-        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
+        device = None
+        if isinstance(self.backend, DeviceBackend) and isinstance(acc, DeviceAccumulator):
+            device = (self.backend, acc)
         spent = _StageSeconds()
         batches = iter_patch_batches(model_input, steps, md.patch_size, self.max_patches)
-        self._run_host_batches(batches, acc, spent, image)
+        self._run_host_batches(batches, acc, spent, image, device)
         t0 = clock()
-        if device_backend is not None and device_acc is not None:
+        if device is not None:
+            device_backend, device_acc = device
             with self._backend_lock or contextlib.nullcontext():
                 device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
         maps = acc.finish(md.labels)
@@ -445,13 +447,17 @@ class CxrEdge:
         return maps, spent.as_ms()
 
     def _run_host_batches(
-        self, batches: Iterator[PatchBatch], acc: Accumulator, spent: _StageSeconds, image: str | None
+        self,
+        batches: Iterator[PatchBatch],
+        acc: Accumulator,
+        spent: _StageSeconds,
+        image: str | None,
+        device: tuple[DeviceBackend, DeviceAccumulator] | None = None,
     ) -> None:
-        """Run host-tiled chunks and hand their logits to ``acc`` (via the host, or straight into
-        a device accumulator's buffer for a device backend), adding each stage's time to ``spent``."""
+        """Run host-tiled chunks and hand their logits to ``acc``: via the host, or, with
+        ``device`` (this CxrEdge's device backend and ``acc`` as a device accumulator), straight
+        into the accumulator's buffer. Adds each stage's time to ``spent``."""
         clock = time.perf_counter
-        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
         while True:
             t0 = clock()
             batch = next(batches, None)
@@ -462,7 +468,8 @@ class CxrEdge:
             # logits may live in buffers the next run overwrites.
             with self._backend_lock or contextlib.nullcontext():
                 t0 = clock()
-                if device_backend is not None and device_acc is not None:
+                if device is not None:
+                    device_backend, device_acc = device
                     device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
                     t1 = clock()
                     device_acc.mark_written(batch.first_shift, len(batch.pairs))
