@@ -56,6 +56,7 @@ from cxr_edge.postprocess import (
     AccumulatorFactory,
     DeviceAccumulator,
     ReusableAccumulator,
+    SaliencyAccumulator,
     SaliencyMaps,
 )
 from cxr_edge.prediction import Prediction, findings_from
@@ -238,8 +239,6 @@ def _default_accumulator(cuda: bool) -> AccumulatorFactory:
         from cxr_edge.cuda.postprocess import GpuPostprocess
 
         return GpuPostprocess
-    from cxr_edge.postprocess import SaliencyAccumulator
-
     return SaliencyAccumulator
 
 
@@ -403,7 +402,12 @@ class CxrEdge:
             self._accumulators.give(steps, acc)
         else:
             self._accumulators.discard(acc)
-        self._check_finite(maps, prepared.name)
+        # Host logits were checked chunk by chunk (``_run_host_batches``) and the numpy
+        # accumulator's float64 arithmetic keeps finite logits finite; logits that never reached
+        # the host (a device accumulator) or another postprocess's arithmetic (float32 on a GPU)
+        # are checked in the maps.
+        if not isinstance(acc, SaliencyAccumulator):
+            self._check_finite(maps, prepared.name)
         timings.update(stage_ms)
         return self._prediction(prepared, maps, timings)
 
@@ -499,8 +503,6 @@ class CxrEdge:
         the CUDA postprocess and the device tiling build one final level only. Stopping early
         (closing the generator) is fine.
         """
-        from cxr_edge.postprocess import SaliencyAccumulator
-
         md = self.metadata
         steps = check_steps(steps, md.patch_size)
         prepared = self.prepare(image, allow_non_chest)
@@ -514,7 +516,6 @@ class CxrEdge:
             t0 = clock()
             maps = acc.finish_level(md.labels, level)
             spent.postprocess += clock() - t0
-            self._check_finite(maps, prepared.name)
             yield self._prediction(prepared, maps, {**prepared.timings_ms, **spent.as_ms()})
 
     def _run_on_device(
