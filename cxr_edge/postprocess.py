@@ -250,17 +250,30 @@ class SaliencyAccumulator:
         return np.repeat(np.repeat(cells, runs, axis=1), runs, axis=2)
 
 
-def smooth_maps(
-    logits: np.ndarray, steps: int, image_size: int, patch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-shot convenience: ``(S*S*G*G, C)`` patch logits in tile order -> ``(raw, scaled)``,
-    each ``(C, H, W) float32``."""
+def _all_shifts(logits: np.ndarray, steps: int, image_size: int, patch_size: int) -> SaliencyAccumulator:
+    """A ``SaliencyAccumulator`` holding all S*S shifts of ``(S*S*G*G, C)`` patch values in tile order."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (S*S*G*G, C), got shape {logits.shape}")
     acc = SaliencyAccumulator(steps, image_size, patch_size, logits.shape[1])
     acc.add(shift_pairs(steps, patch_size), logits)
-    maps = acc.finish(tuple(str(i) for i in range(logits.shape[1])))
+    return acc
+
+
+def shift_average(logits: np.ndarray, steps: int, image_size: int, patch_size: int) -> np.ndarray:
+    """One-shot: ``(S*S*G*G, C)`` patch values in tile order -> their shift average, the raw map
+    of those values, ``(C, H, W) float32`` (float64 arithmetic, the same as ``smooth_maps``' raw)."""
+    acc = _all_shifts(logits, steps, image_size, patch_size)
+    return acc._smooth(acc._logits)
+
+
+def smooth_maps(
+    logits: np.ndarray, steps: int, image_size: int, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-shot convenience: ``(S*S*G*G, C)`` patch logits in tile order -> ``(raw, scaled)``,
+    each ``(C, H, W) float32``."""
+    acc = _all_shifts(logits, steps, image_size, patch_size)
+    maps = acc.finish(tuple(str(i) for i in range(acc.num_classes)))
     return maps.raw, maps.scaled
 
 
