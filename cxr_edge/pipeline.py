@@ -38,6 +38,7 @@ import numpy as np
 
 from cxr_edge.backends.base import (
     DEFAULT_CHUNK_PATCHES,
+    PLAN_SUFFIXES,
     ChunkedBackend,
     Closeable,
     DeviceBackend,
@@ -63,7 +64,7 @@ from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
 from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches, level_pairs, progressive_levels
 
-__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "prepare_image"]
+__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "open_backend", "prepare_image"]
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,12 @@ class Predictor(Protocol):
     ) -> Prediction: ...
 
 
-def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
+def open_backend(kind: str, model: Path, threads: int | None = None, device: int = 0) -> PatchBackend:
+    """The backend for a model file. kind: "auto" (TensorRT for a plan, ``PLAN_SUFFIXES``, else
+    ONNX Runtime), "onnxruntime" (on ``threads`` CPU threads, None: all) or "tensorrt" (on GPU
+    ``device``). CxrEdgeError for another kind or a TensorRT that is not installed."""
     if kind == "auto":
-        kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
+        kind = "tensorrt" if model.suffix.lower() in PLAN_SUFFIXES else "onnxruntime"
     if kind == "onnxruntime":
         from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -216,7 +220,7 @@ def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
             from cxr_edge.backends.tensorrt import TensorRtBackend
         except ImportError as exc:
             raise CxrEdgeError(model, f"the TensorRT backend is not available here ({exc})") from exc
-        return TensorRtBackend(model)
+        return TensorRtBackend(model, device=device)
     raise CxrEdgeError(None, f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {kind!r}")
 
 
@@ -324,10 +328,12 @@ class CxrEdge:
         threads: int | None = None,
         accumulator: AccumulatorFactory | None = None,
         max_patches: int | None = None,
+        device: int = 0,
     ) -> CxrEdge:
         """Open a model. model: an ONNX file (default: the bundled demo model) or a TensorRT
         engine (.plan/.engine); backend: "auto" (TensorRT for an engine, else ONNX Runtime),
-        "onnxruntime", "tensorrt", or a ready PatchBackend; threads: CPU threads (None: all)."""
+        "onnxruntime", "tensorrt", or a ready PatchBackend; threads: CPU threads (None: all);
+        device: the GPU a TensorRT engine runs on (``open_backend``)."""
         if not isinstance(backend, str):
             return cls(backend, model, accumulator, max_patches)
         if model is None:
@@ -337,7 +343,7 @@ class CxrEdge:
         model = Path(model)
         if not model.is_file():
             raise CxrEdgeError(model, "no such model file")
-        edge = cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        edge = cls(open_backend(backend, model, threads, device), model, accumulator, max_patches)
         edge._owns_backend = True  # opened here, so closed by close()
         _ = edge.model_info  # hash the model file now, not inside the first predict
         return edge

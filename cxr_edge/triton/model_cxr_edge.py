@@ -19,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.pipeline import CxrEdge
 from cxr_edge.triton import protocol
-from cxr_edge.triton.serving import BlsPatchBackend, ModelArgs, one_line, open_network
+from cxr_edge.triton.serving import BlsPatchBackend, ModelArgs, one_line
 
 
 class TritonPythonModel:
@@ -30,8 +30,7 @@ class TritonPythonModel:
         params = parsed.params
         if params[protocol.LAYOUT_PARAM] == "whole":
             path = parsed.folder / params[protocol.MODEL_FILE_PARAM]
-            self.edge = CxrEdge(open_network(path, parsed.device), path)
-            _ = self.edge.model_info  # hash the model file now, not inside the first request
+            self.edge = CxrEdge.load(path, device=parsed.device or 0)  # hashes the file now
         else:
             backend = BlsPatchBackend(
                 pb_utils,

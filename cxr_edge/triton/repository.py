@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr_edge.backends.base import PLAN_SUFFIXES
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.triton import protocol
 
-PLAN_SUFFIXES = (".plan", ".engine")
 #: Where the ``patchnet`` model runs: Triton's own ONNX Runtime / TensorRT backend, or cxr-edge's
 #: backend inside a Python-backend model.
 PATCHNET_BACKENDS = ("native", "python")

@@ -1,4 +1,4 @@
-"""What the server-side Python models share: opening the network, and BLS calls to ``patchnet``.
+"""What the server-side Python models share: their parsed arguments, errors, and BLS calls to ``patchnet``.
 
 Importable anywhere: the Python backend's ``triton_python_backend_utils`` (only present inside
 Triton's stub process) is passed in by the ``model.py`` files instead of imported here.
@@ -13,11 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_edge.backends.base import PatchBackend
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.triton import protocol
-from cxr_edge.triton.repository import PLAN_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -43,17 +41,6 @@ class ModelArgs:
             folder=Path(args["model_repository"]) / args["model_version"],
             device=device,
         )
-
-
-def open_network(path: Path, device: int | None) -> PatchBackend:
-    """cxr-edge's backend for a network file: TensorRT for a plan (on ``device``), else ONNX Runtime."""
-    if path.suffix.lower() in PLAN_SUFFIXES:
-        from cxr_edge.backends.tensorrt import TensorRtBackend
-
-        return TensorRtBackend(path, device=device or 0)
-    from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend(path)
 
 
 def one_line(exc: BaseException) -> str:
