@@ -64,7 +64,28 @@ from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
 from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches, level_pairs, progressive_levels
 
-__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "open_backend", "prepare_image"]
+__all__ = [
+    "DEFAULT_CHUNK_PATCHES",
+    "CxrEdge",
+    "DecodedImage",
+    "PreparedImage",
+    "decode_image",
+    "open_backend",
+    "prepare_image",
+]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded (and checked) but not preprocessed: ``gray (h, w) uint8``, the
+    reference's "L" image at its own resolution; name, source, info: as in ``PreparedImage``;
+    decode_ms: wall time of the decode and the pixel checks."""
+
+    gray: np.ndarray
+    name: str | None
+    source: str
+    info: dict[str, Any]
+    decode_ms: float
 
 
 @dataclass(frozen=True)
@@ -130,15 +151,14 @@ def check_pixels(
     return info
 
 
-def prepare_image(
+def decode_image(
     image: str | Path | np.ndarray,
-    metadata: ModelMetadata,
     allow_non_chest: bool = False,
     budget: InputBudget | None = None,
     limits: PlausibilityLimits | None = None,
-) -> PreparedImage:
-    """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
-    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input.
+) -> DecodedImage:
+    """Decode a path (PNG/JPEG/DICOM) or take an (h, w) uint8 / float [0, 1] array as the 8-bit
+    grayscale image. Raises CxrEdgeError for unreadable or unsuitable input.
 
     Files are read within ``budget`` (bytes and header pixels, before decoding). With ``limits``
     (``CxrEdge.prepare`` / ``predict`` always pass them) the decoded pixels are checked by
@@ -147,8 +167,7 @@ def prepare_image(
     (calibration sets). Arrays are the caller's: they are not checked
     (``cxr_edge.io.plausibility.image_problem`` is public).
     """
-    clock = time.perf_counter
-    t0 = clock()
+    t0 = time.perf_counter()
     name: str | None = None
     source, info = "array", {}
     if isinstance(image, (str, Path)):
@@ -161,11 +180,25 @@ def prepare_image(
             info = check_pixels(gray, info, name, allow_non_chest, limits)
     else:
         gray = _as_gray(image)
-    t1 = clock()
-    pre = preprocess(gray, metadata.image_size, path=name)
-    t2 = clock()
-    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
-    return PreparedImage(gray, pre.image, pre.crop, name, source, info, timings)
+    return DecodedImage(gray, name, source, info, (time.perf_counter() - t0) * 1e3)
+
+
+def prepare_image(
+    image: str | Path | np.ndarray,
+    metadata: ModelMetadata,
+    allow_non_chest: bool = False,
+    budget: InputBudget | None = None,
+    limits: PlausibilityLimits | None = None,
+) -> PreparedImage:
+    """Decode (``decode_image``, with the same arguments) and preprocess for ``metadata``'s
+    model frame. Raises CxrEdgeError for unreadable or unsuitable input."""
+    decoded = decode_image(image, allow_non_chest, budget, limits)
+    t0 = time.perf_counter()
+    pre = preprocess(decoded.gray, metadata.image_size, path=decoded.name)
+    timings = {"decode": decoded.decode_ms, "preprocess": (time.perf_counter() - t0) * 1e3}
+    return PreparedImage(
+        decoded.gray, pre.image, pre.crop, decoded.name, decoded.source, decoded.info, timings
+    )
 
 
 def describe_model(metadata: ModelMetadata, path: str | None, sha256: str | None) -> dict[str, Any]:
