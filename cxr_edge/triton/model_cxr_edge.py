@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr_edge.metadata import ModelMetadata
 from cxr_edge.pipeline import CxrEdge
 from cxr_edge.triton import protocol
 from cxr_edge.triton.serving import BlsPatchBackend, ModelArgs, one_line
@@ -34,7 +33,7 @@ class TritonPythonModel:
         else:
             backend = BlsPatchBackend(
                 pb_utils,
-                ModelMetadata.from_json(params[protocol.METADATA_PARAM], args["model_name"]),
+                protocol.metadata_from_config(parsed.config, args["model_name"]),
                 params[protocol.PATCH_MODEL_PARAM],
                 params[protocol.PATCH_INPUT_PARAM],
                 params[protocol.PATCH_OUTPUT_PARAM],
