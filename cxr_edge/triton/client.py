@@ -274,7 +274,7 @@ class TritonCxrEdge:
 
     def batch_statistics(self, model_name: str | None = None) -> dict[str, Any]:
         """How the server batched a model's requests since it started: ``inference_count``
-        (requests), ``execution_count`` (model executions) and ``batch_sizes`` {size: executions}."""
+        (requests; patches for ``patchnet``) and ``execution_count`` (model executions)."""
         name = model_name or self.model_name
 
         def read(client: Any) -> dict[str, Any]:
@@ -286,18 +286,10 @@ class TritonCxrEdge:
 
         stats = self._call(read)
         inference = execution = 0
-        sizes: dict[int, int] = {}
         for model in stats.get("model_stats", []):
             inference += int(model.get("inference_count", 0))
             execution += int(model.get("execution_count", 0))
-            for batch in model.get("batch_stats", []):
-                size = int(batch["batch_size"])
-                sizes[size] = sizes.get(size, 0) + int(batch["compute_infer"]["count"])
-        return {
-            "inference_count": inference,
-            "execution_count": execution,
-            "batch_sizes": dict(sorted(sizes.items())),
-        }
+        return {"inference_count": inference, "execution_count": execution}
 
     def close(self) -> None:
         """Close this thread's connection (other threads' close when they end)."""
