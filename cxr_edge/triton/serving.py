@@ -52,9 +52,12 @@ def one_line(exc: BaseException) -> str:
 class BlsPatchBackend:
     """A PatchBackend that runs patches on the repository's ``patchnet`` model through BLS.
 
-    pb_utils: the ``triton_python_backend_utils`` module of the calling model. Each ``run``
-    sends requests of at most ``max_patches`` patches (``patchnet``'s max batch) one after the
-    other; Triton's dynamic batcher merges them with other images' requests.
+    pb_utils: the ``triton_python_backend_utils`` module of the calling model. Request size:
+    the pipeline hands ``run`` one chunk at a time, ``DEFAULT_CHUNK_PATCHES`` (256 patches, 4
+    shifted copies; this backend declares no ``chunk_patches``), and ``run`` sends it as one
+    request, split only where it exceeds ``max_patches`` (``patchnet``'s max batch, the export's
+    ``--max-patches``: default 1024, so only a value below 256 splits), one after the other.
+    Triton's dynamic batcher merges them with other images' requests.
     """
 
     #: Each run builds its own requests; nothing is shared between calls.
