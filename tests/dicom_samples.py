@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
-
-def require(what: str, present: bool) -> None:
-    """Skip a test (module) when a tool or package is missing here; fail in CI, which installs
-    them all (``.ci/run``), so a skip there cannot hide a regression."""
-    if present:
-        return
-    message = f"{what} is not installed here; CI installs it (.ci/run)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI: {message}")
-    pytest.skip(message, allow_module_level=True)
+from ci_tools import require
 
 
 def require_dicom_stack() -> None:

@@ -18,7 +18,7 @@ from typing_extensions import Self
 
 require_dicom_stack()
 
-from orthanc_harness import LOOPBACK, echo, free_port, send
+from orthanc_harness import LOOPBACK, echo, free_port, send, wait_for
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -87,7 +87,7 @@ def test_spool_admits_durably_once_and_pushes_back_when_full(tmp_path: Path) -> 
     with pytest.raises(SpoolFull, match=r"spool full \(0 of 0 MiB\); retry later"):
         spool.admit("1.2.4", b"y" * 600)
     assert spool.pending() == ["1.2.3"]
-    for bad in ("../etc/passwd", "1.02.3", "1..2", "", "1." + "2" * 70):
+    for bad in ("../etc/passwd", "1.02.3", "1..2", "", "1." + "2" * 70, "1.2.3\n"):
         with pytest.raises(ValueError):
             spool.admit(bad, b"z")
     assert not list(spool.incoming.glob(".*"))  # no temporaries left behind
@@ -103,13 +103,14 @@ def test_spool_results_journal_finish_and_recover(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=10**9, min_free_bytes=0)
     spool.admit("1.5", b"image")
     assert spool.results("1.5") is None
-    spool.save_results(
+    saved = spool.save_results(
         "1.5",
         [("sc", "Edema", "1.2.840.1", "2.25.1", b"sc"), ("sr", "", "1.2.840.2", "2.25.2", b"sr")],
         {"infer_ms": 1},
     )
     results = spool.results("1.5")
     assert results is not None and [r.sop_instance_uid for r in results] == ["2.25.1", "2.25.2"]
+    assert saved == results  # what the worker delivers right away is what a restart reads back
     assert results[0].path.read_bytes() == b"sc" and spool.results_info("1.5") == {"infer_ms": 1}
     spool.mark_delivered("1.5", "D", "2.25.1")
     assert spool.delivered("1.5", "D") == {"2.25.1"} and spool.delivered("1.5", "E") == set()
@@ -263,7 +264,7 @@ def test_worker_delivers_once_retrying_a_destination_that_is_down(chest: np.ndar
         runner = threading.Thread(target=worker.run, args=(stop,))
         runner.start()
         try:
-            assert _wait(lambda: len(spool.pending()) == 0, 60)
+            assert wait_for(lambda: len(spool.pending()) == 0, 60, 0.05)
         finally:
             stop.set()
             runner.join(10)
@@ -280,17 +281,6 @@ def test_worker_delivers_once_retrying_a_destination_that_is_down(chest: np.ndar
         assert record["latency_ms"] >= record["infer_ms"] > 0
         assert record["study_instance_uid"] in {str(ds.StudyInstanceUID) for ds in images}
     assert not list(spool.incoming.iterdir()) and not list(spool.results_dir.iterdir())
-
-
-def _wait(predicate: Any, timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_worker_moves_an_undecodable_image_to_failed(chest: np.ndarray, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dicom_samples import require, require_dicom_stack, with_new_instance_uid
+from ci_tools import require
+from dicom_samples import require_dicom_stack, with_new_instance_uid
 
 require_dicom_stack()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_samples import PATIENT, has_tool, require, require_dicom_stack, synthetic_cr, write_part10
+from ci_tools import require
+from dicom_samples import PATIENT, has_tool, require_dicom_stack, synthetic_cr, write_part10
 
 require_dicom_stack()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_tools import require
 from typer.testing import CliRunner
 
 from cxr_edge.assets import default_model_path, sample_image_path
@@ -35,23 +36,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run these tests")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def triton_env() -> TritonEnvironment:
     prefix = Path(os.environ.get("CXR_EDGE_TRITON_ENV", REPO_ROOT / ".venv-triton"))
     env = find_triton_environment(prefix)
-    if env is None:
-        _missing(f"no Triton server environment at {prefix} (run tools/make_triton_env.sh)")
+    require(f"a Triton server environment at {prefix} (tools/make_triton_env.sh)", env is not None)
     for module in ("tritonclient.http", "tritonclient.grpc"):
         try:
             __import__(module)
         except ImportError:
-            _missing(f"{module} is not installed (pip install -e '.[triton]')")
+            require(f"{module} (pip install -e '.[triton]')", False)
     assert env is not None
     return env
 

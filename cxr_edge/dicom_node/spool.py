@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pydicom.uid import RE_VALID_UID
+
 from cxr_edge.atomic import fsync_path, write_bytes_atomic, write_text_atomic
 from cxr_edge.errors import CxrEdgeError
-
-#: DICOM PS3.5 9.1: digits and dots, no empty or zero-padded components, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 #: Free disk space the spool leaves to everything else on the machine.
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
@@ -38,7 +37,9 @@ MANIFEST = "manifest.json"
 
 
 def is_uid(text: str) -> bool:
-    return len(text) <= 64 and bool(_UID.match(text))
+    """DICOM PS3.5 9.1: digits and dots, no empty or zero-padded components, at most 64
+    characters (the whole text: a trailing newline is not a UID)."""
+    return len(text) <= 64 and re.fullmatch(RE_VALID_UID, text) is not None
 
 
 class SpoolFull(Exception):
@@ -154,10 +155,6 @@ class Spool:
         with self._arrived:
             self._arrived.wait(timeout)
 
-    def wake(self) -> None:
-        with self._arrived:
-            self._arrived.notify_all()
-
     # -- the worker's side ---------------------------------------------------------------------
 
     def pending(self) -> list[str]:
@@ -198,16 +195,19 @@ class Spool:
 
     def save_results(
         self, uid: str, results: list[tuple[str, str, str, str, bytes]], info: dict[str, Any]
-    ) -> None:
+    ) -> list[SpooledResult]:
         """Write (kind, label, sop_class_uid, sop_instance_uid, data) results and ``info``
-        durably; they appear under results/<uid>/ all at once."""
+        durably; they appear under results/<uid>/ all at once. Returns them as ``results`` will."""
         building = self.results_dir / f".{uid}.building"
+        folder = self.results_dir / uid
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir()
         manifest = []
+        saved = []
         for n, (kind, label, class_uid, instance_uid, data) in enumerate(results):
             name = f"{n:02d}.{kind}.dcm"
             write_bytes_atomic(building / name, data, durable=True)
+            saved.append(SpooledResult(kind, label, class_uid, instance_uid, folder / name))
             manifest.append(
                 {
                     "kind": kind,
@@ -218,8 +218,9 @@ class Spool:
                 }
             )
         write_text_atomic(building / MANIFEST, json.dumps({"results": manifest, "info": info}), durable=True)
-        os.replace(building, self.results_dir / uid)
+        os.replace(building, folder)
         fsync_path(self.results_dir)
+        return saved
 
     def delivered(self, uid: str, destination_key: str) -> set[str]:
         """SOP Instance UIDs of this image's results already delivered to a destination."""

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Longest sleep when there is nothing to do (arrivals wake the worker at once).
 IDLE_WAIT_S = 1.0
 
+#: The saliency map the overlays and the report are made from.
+MAP_KIND = "scaled"
+
 
 @dataclass
 class Backoff:
@@ -74,7 +77,6 @@ class Worker:
         steps: int,
         log: EventLog,
         backoff: Backoff | None = None,
-        map_kind: str = "scaled",
     ) -> None:
         self.edge = edge
         self.spool = spool
@@ -83,7 +85,6 @@ class Worker:
         self.steps = steps
         self.log = log
         self.backoff = backoff or Backoff()
-        self.map_kind = map_kind
         self._deliver_ms: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
@@ -99,8 +100,7 @@ class Worker:
         for uid in self.spool.pending():
             results = self.spool.results(uid)
             if results is None:
-                if self._build(uid):
-                    results = self.spool.results(uid)
+                results = self._build(uid)
                 if results is not None:
                     self._deliver(uid, results)
                 return True
@@ -115,8 +115,8 @@ class Worker:
         sent = self.spool.delivered(uid, destination.key)
         return [r for r in results if r.sop_instance_uid not in sent]
 
-    def _build(self, uid: str) -> bool:
-        """Infer and file the results; False (and the image moved to failed/) when impossible."""
+    def _build(self, uid: str) -> list[SpooledResult] | None:
+        """Infer and file the results; None (and the image moved to failed/) when impossible."""
         from cxr_edge.dicom_results import build_dicom_results, read_source
         from cxr_edge.render import finding_overlay
 
@@ -126,11 +126,10 @@ class Worker:
             prediction = self.edge.predict(path, steps=self.steps)
             t1 = time.perf_counter()
             overlays = {
-                label: finding_overlay(prediction, label, self.map_kind)
-                for label in prediction.reported_labels()
+                label: finding_overlay(prediction, label, MAP_KIND) for label in prediction.reported_labels()
             }
             source = read_source(path)
-            results = build_dicom_results(prediction, source, overlays, self.map_kind)
+            results = build_dicom_results(prediction, source, overlays, MAP_KIND)
         except Exception as exc:  # noqa: BLE001 - one bad image must not stop the node
             # CxrEdgeError problems name no header values; other messages might, so only the type.
             reason = (
@@ -139,17 +138,16 @@ class Worker:
             record = {"sop_instance_uid": uid, "reason": reason, "received_at": self._received_at(uid)}
             self.spool.fail(uid, record)
             self.log.write("failed", **record)
-            return False
+            return None
         info = {
             "study_instance_uid": str(source.StudyInstanceUID),
             "infer_ms": round((t1 - t0) * 1e3, 1),
             "build_ms": round((time.perf_counter() - t1) * 1e3, 1),
             "findings": list(overlays),
         }
-        self.spool.save_results(
+        return self.spool.save_results(
             uid, [(r.kind, r.label, r.sop_class_uid, r.sop_instance_uid, r.data) for r in results], info
         )
-        return True
 
     def _received_at(self, uid: str) -> float | None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.sr.coding import Code
 
 #: Private coding scheme for labels without a standard concept of the same meaning.
@@ -21,27 +22,33 @@ LOCAL_SCHEME = "99CXREDGE"
 LOCAL_SCHEME_NAME = "cxr-edge label codes"
 
 # -- anatomy (DICOM CID 6100 "Chest Component Category") --------------------------------------
-LUNG = Code("39607008", "SCT", "Lung")
-MEDIASTINUM = Code("72410000", "SCT", "Mediastinum")
-PLEURA = Code("3120008", "SCT", "Pleural structure")
+LUNG = dicom_codes.SCT.Lung
+MEDIASTINUM = dicom_codes.SCT.Mediastinum
+PLEURA = dicom_codes.SCT.PleuralStructure
 
 # -- presence (DICOM CID 240 "Present-Absent") -----------------------------------------------
-PRESENT = Code("52101004", "SCT", "Present")
-ABSENT = Code("272519000", "SCT", "Absent")
+PRESENT = dicom_codes.SCT.Present
+ABSENT = dicom_codes.SCT.Absent
 
 # -- measurement names and units -------------------------------------------------------------
 #: DICOM code 122157 "Probability" (PS3.16 Annex D): the model's sigmoid output in [0, 1].
-PROBABILITY = Code("122157", "DCM", "Probability")
+PROBABILITY = dicom_codes.DCM.Probability
 #: DICOM code 122411 "Threshold Value": the model's decision threshold on the probability.
-THRESHOLD = Code("122411", "DCM", "Threshold Value")
+THRESHOLD = dicom_codes.DCM.ThresholdValue
 #: DICOM code 130404 "Saliency" (CID 7180): the map's value at the evidence peak.
-SALIENCY = Code("130404", "DCM", "Saliency")
+SALIENCY = dicom_codes.DCM.Saliency
 #: UCUM "1" (CID 7181): dimensionless.
-NO_UNITS = Code("1", "UCUM", "no units")
+NO_UNITS = dicom_codes.UCUM.NoUnits
 #: UCUM annotation unit: the maps are in logit units (a patch's share of the image logit).
 LOGIT = Code("{logit}", "UCUM", "logit")
 #: The procedure the report is about (DICOM CID 100, LOINC): a radiograph.
-PROCEDURE_XR = Code("43468-8", "LN", "XR unspecified body region")
+PROCEDURE_XR = dicom_codes.LN.XRUnspecifiedBodyRegion
+
+# -- references and observers ----------------------------------------------------------------
+#: DICOM code 121322 (CID 7202): why the overlay references its source image.
+SOURCE_IMAGE_PURPOSE = dicom_codes.DCM.SourceImageForImageProcessingOperation
+#: DICOM code 121007 "Device" (CID 270): the report's observer type.
+DEVICE = dicom_codes.DCM.Device
 
 
 @dataclass(frozen=True)

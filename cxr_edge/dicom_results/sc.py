@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_edge.dicom_results import codes
 from cxr_edge.dicom_results.identity import model_label, series_description
 from cxr_edge.dicom_results.uids import ResultUids
 from cxr_edge.errors import CxrEdgeError
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 #: Series Number of the overlay series (the report's is the next one).
 OVERLAY_SERIES_NUMBER = 9901
 MANUFACTURER = "cxr-edge"
-
-_SOURCE_IMAGE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 
 
 def _patient_orientation(source: Any) -> tuple[str, str] | None:
@@ -97,7 +96,7 @@ def build_secondary_capture(
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(*_SOURCE_IMAGE_PURPOSE)]
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.SOURCE_IMAGE_PURPOSE)]
     sc.SourceImageSequence = [item]
     sc.ReferencedImageSequence = hd.content.ReferencedImageSequence([source])
     sc.DerivationDescription = (

@@ -40,7 +40,8 @@ PIXEL_CENTRE = 0.5
 
 
 def algorithm_version(prediction: Prediction) -> str:
-    """TID 4019 Algorithm Version: the runtime's version and the model file's full sha256."""
+    """TID 4019 Algorithm Version: the cxr-edge version that exported the model (its metadata's
+    ``package_version``; Software Versions has the runtime's) and the model file's full sha256."""
     return f"cxr-edge {prediction.metadata.package_version}; model sha256 {model_sha256(prediction)}"
 
 
@@ -122,7 +123,7 @@ def build_structured_report(
             )
         )
     observer = hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=uids.device_observer,
             name="cxr-edge",
