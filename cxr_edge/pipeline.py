@@ -38,6 +38,7 @@ import numpy as np
 
 from cxr_edge.backends.base import (
     DEFAULT_CHUNK_PATCHES,
+    PLAN_SUFFIXES,
     ChunkedBackend,
     Closeable,
     DeviceBackend,
@@ -56,13 +57,35 @@ from cxr_edge.postprocess import (
     AccumulatorFactory,
     DeviceAccumulator,
     ReusableAccumulator,
+    SaliencyAccumulator,
     SaliencyMaps,
 )
 from cxr_edge.prediction import Prediction, findings_from
 from cxr_edge.preprocess import CropBox, preprocess
 from cxr_edge.tile import PatchBatch, check_steps, iter_patch_batches, level_pairs, progressive_levels
 
-__all__ = ["DEFAULT_CHUNK_PATCHES", "CxrEdge", "PreparedImage", "prepare_image"]
+__all__ = [
+    "DEFAULT_CHUNK_PATCHES",
+    "CxrEdge",
+    "DecodedImage",
+    "PreparedImage",
+    "decode_image",
+    "open_backend",
+    "prepare_image",
+]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded (and checked) but not preprocessed: ``gray (h, w) uint8``, the
+    reference's "L" image at its own resolution; name, source, info: as in ``PreparedImage``;
+    decode_ms: wall time of the decode and the pixel checks."""
+
+    gray: np.ndarray
+    name: str | None
+    source: str
+    info: dict[str, Any]
+    decode_ms: float
 
 
 @dataclass(frozen=True)
@@ -104,7 +127,6 @@ def _as_gray(image: np.ndarray) -> np.ndarray:
 
 def check_pixels(
     gray: np.ndarray,
-    source: str,
     info: dict[str, Any],
     name: str,
     allow_non_chest: bool = False,
@@ -129,15 +151,14 @@ def check_pixels(
     return info
 
 
-def prepare_image(
+def decode_image(
     image: str | Path | np.ndarray,
-    metadata: ModelMetadata,
     allow_non_chest: bool = False,
     budget: InputBudget | None = None,
     limits: PlausibilityLimits | None = None,
-) -> PreparedImage:
-    """Decode (a path: PNG/JPEG/DICOM, or an (h, w) uint8 / float [0, 1] array) and preprocess
-    for ``metadata``'s model frame. Raises CxrEdgeError for unreadable or unsuitable input.
+) -> DecodedImage:
+    """Decode a path (PNG/JPEG/DICOM) or take an (h, w) uint8 / float [0, 1] array as the 8-bit
+    grayscale image. Raises CxrEdgeError for unreadable or unsuitable input.
 
     Files are read within ``budget`` (bytes and header pixels, before decoding). With ``limits``
     (``CxrEdge.prepare`` / ``predict`` always pass them) the decoded pixels are checked by
@@ -146,8 +167,7 @@ def prepare_image(
     (calibration sets). Arrays are the caller's: they are not checked
     (``cxr_edge.io.plausibility.image_problem`` is public).
     """
-    clock = time.perf_counter
-    t0 = clock()
+    t0 = time.perf_counter()
     name: str | None = None
     source, info = "array", {}
     if isinstance(image, (str, Path)):
@@ -157,14 +177,28 @@ def prepare_image(
         gray, name, source = xray.pixels, str(image), xray.source
         info = dict(xray.info)
         if limits is not None:
-            info = check_pixels(gray, source, info, name, allow_non_chest, limits)
+            info = check_pixels(gray, info, name, allow_non_chest, limits)
     else:
         gray = _as_gray(image)
-    t1 = clock()
-    pre = preprocess(gray, metadata.image_size, path=name)
-    t2 = clock()
-    timings = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
-    return PreparedImage(gray, pre.image, pre.crop, name, source, info, timings)
+    return DecodedImage(gray, name, source, info, (time.perf_counter() - t0) * 1e3)
+
+
+def prepare_image(
+    image: str | Path | np.ndarray,
+    metadata: ModelMetadata,
+    allow_non_chest: bool = False,
+    budget: InputBudget | None = None,
+    limits: PlausibilityLimits | None = None,
+) -> PreparedImage:
+    """Decode (``decode_image``, with the same arguments) and preprocess for ``metadata``'s
+    model frame. Raises CxrEdgeError for unreadable or unsuitable input."""
+    decoded = decode_image(image, allow_non_chest, budget, limits)
+    t0 = time.perf_counter()
+    pre = preprocess(decoded.gray, metadata.image_size, path=decoded.name)
+    timings = {"decode": decoded.decode_ms, "preprocess": (time.perf_counter() - t0) * 1e3}
+    return PreparedImage(
+        decoded.gray, pre.image, pre.crop, decoded.name, decoded.source, decoded.info, timings
+    )
 
 
 def describe_model(metadata: ModelMetadata, path: str | None, sha256: str | None) -> dict[str, Any]:
@@ -204,9 +238,12 @@ class Predictor(Protocol):
     ) -> Prediction: ...
 
 
-def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
+def open_backend(kind: str, model: Path, threads: int | None = None, device: int = 0) -> PatchBackend:
+    """The backend for a model file. kind: "auto" (TensorRT for a plan, ``PLAN_SUFFIXES``, else
+    ONNX Runtime), "onnxruntime" (on ``threads`` CPU threads, None: all) or "tensorrt" (on GPU
+    ``device``). CxrEdgeError for another kind or a TensorRT that is not installed."""
     if kind == "auto":
-        kind = "tensorrt" if model.suffix.lower() in (".plan", ".engine") else "onnxruntime"
+        kind = "tensorrt" if model.suffix.lower() in PLAN_SUFFIXES else "onnxruntime"
     if kind == "onnxruntime":
         from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -216,38 +253,36 @@ def _open_backend(kind: str, model: Path, threads: int | None) -> PatchBackend:
             from cxr_edge.backends.tensorrt import TensorRtBackend
         except ImportError as exc:
             raise CxrEdgeError(model, f"the TensorRT backend is not available here ({exc})") from exc
-        return TensorRtBackend(model)
+        return TensorRtBackend(model, device=device)
     raise CxrEdgeError(None, f"backend must be 'auto', 'onnxruntime' or 'tensorrt', got {kind!r}")
 
 
-def _default_accumulator() -> AccumulatorFactory:
-    """The CUDA postprocess when its library (tools/build_cuda.sh), cuda-python and a GPU are
-    all present, else the numpy ``SaliencyAccumulator`` (same results; the CUDA one's oracle)."""
+def _cuda_kernels_usable() -> bool:
+    """True when the CUDA kernel library (tools/build_cuda.sh), cuda-python and a GPU are all
+    present: then the CUDA postprocess and tile kernel are the defaults."""
     from cxr_edge.cuda.kernels import find_library
 
-    if find_library() is not None:  # cheap file check: a CPU-only install never loads CUDA
-        from cxr_edge.cuda.postprocess import gpu_accumulator_factory
+    if find_library() is None:  # cheap file check: a CPU-only install never loads CUDA
+        return False
+    from cxr_edge.cuda.postprocess import gpu_postprocess_available
 
-        factory = gpu_accumulator_factory()
-        if factory is not None:
-            return factory
-    from cxr_edge.postprocess import SaliencyAccumulator
+    return gpu_postprocess_available()
 
+
+def _default_accumulator(cuda: bool) -> AccumulatorFactory:
+    """The CUDA postprocess when ``cuda`` (``_cuda_kernels_usable``), else the numpy
+    ``SaliencyAccumulator`` (same results; the CUDA one's oracle)."""
+    if cuda:
+        from cxr_edge.cuda.postprocess import GpuPostprocess
+
+        return GpuPostprocess
     return SaliencyAccumulator
 
 
-def _default_device_image(backend: PatchBackend) -> DeviceImageFactory | None:
-    """The CUDA tile kernel's ``CudaDeviceImage`` for a device backend when the kernel library,
-    cuda-python and a GPU are present, else None (patches are tiled on the host)."""
-    if not isinstance(backend, DeviceBackend):
-        return None
-    from cxr_edge.cuda.kernels import find_library
-
-    if find_library() is None:
-        return None
-    from cxr_edge.cuda.postprocess import gpu_postprocess_available
-
-    if not gpu_postprocess_available():
+def _default_device_image(cuda: bool) -> DeviceImageFactory | None:
+    """The CUDA tile kernel's ``CudaDeviceImage`` when ``cuda`` (``_cuda_kernels_usable``),
+    else None (patches are tiled on the host)."""
+    if not cuda:
         return None
     from cxr_edge.cuda.tiling import CudaDeviceImage
 
@@ -283,14 +318,17 @@ class CxrEdge:
         self.backend = backend
         self.metadata: ModelMetadata = backend.metadata
         self.model_path = None if model_path is None else Path(model_path)
-        self._accumulator = accumulator or _default_accumulator()
+        device = isinstance(backend, DeviceBackend)
+        want_device_image = tile_on_device and device_image is None and device
+        # Probed once, and only when a default needs it (a CPU-only install never loads CUDA).
+        cuda = (accumulator is None or want_device_image) and _cuda_kernels_usable()
+        self._accumulator = accumulator or _default_accumulator(cuda)
         per_shift = self.metadata.patches_per_image
         if max_patches is None:
             max_patches = (
                 backend.chunk_patches if isinstance(backend, ChunkedBackend) else DEFAULT_CHUNK_PATCHES
             )
         self.max_patches = max(int(max_patches), per_shift)
-        device = isinstance(backend, DeviceBackend)
         self._backend_lock = threading.Lock() if device or not backend.thread_safe else None
         self._model_info: dict[str, Any] | None = None
         self._owns_backend = False
@@ -300,7 +338,7 @@ class CxrEdge:
         )
         factory = None
         if tile_on_device:
-            factory = device_image if device_image is not None else _default_device_image(backend)
+            factory = device_image if device_image is not None else _default_device_image(cuda and device)
         self._device_images: Pool[int, DeviceImage] | None = None
         if factory is not None and isinstance(backend, DeviceBackend):
             if backend.chunk_patches < per_shift:
@@ -323,10 +361,12 @@ class CxrEdge:
         threads: int | None = None,
         accumulator: AccumulatorFactory | None = None,
         max_patches: int | None = None,
+        device: int = 0,
     ) -> CxrEdge:
         """Open a model. model: an ONNX file (default: the bundled demo model) or a TensorRT
         engine (.plan/.engine); backend: "auto" (TensorRT for an engine, else ONNX Runtime),
-        "onnxruntime", "tensorrt", or a ready PatchBackend; threads: CPU threads (None: all)."""
+        "onnxruntime", "tensorrt", or a ready PatchBackend; threads: CPU threads (None: all);
+        device: the GPU a TensorRT engine runs on (``open_backend``)."""
         if not isinstance(backend, str):
             return cls(backend, model, accumulator, max_patches)
         if model is None:
@@ -336,7 +376,7 @@ class CxrEdge:
         model = Path(model)
         if not model.is_file():
             raise CxrEdgeError(model, "no such model file")
-        edge = cls(_open_backend(backend, model, threads), model, accumulator, max_patches)
+        edge = cls(open_backend(backend, model, threads, device), model, accumulator, max_patches)
         edge._owns_backend = True  # opened here, so closed by close()
         _ = edge.model_info  # hash the model file now, not inside the first predict
         return edge
@@ -401,7 +441,12 @@ class CxrEdge:
             self._accumulators.give(steps, acc)
         else:
             self._accumulators.discard(acc)
-        self._check_finite(maps, prepared.name)
+        # Host logits were checked chunk by chunk (``_run_host_batches``) and the numpy
+        # accumulator's float64 arithmetic keeps finite logits finite; logits that never reached
+        # the host (a device accumulator) or another postprocess's arithmetic (float32 on a GPU)
+        # are checked in the maps.
+        if not isinstance(acc, SaliencyAccumulator):
+            self._check_finite(maps, prepared.name)
         timings.update(stage_ms)
         return self._prediction(prepared, maps, timings)
 
@@ -429,13 +474,15 @@ class CxrEdge:
         or straight into a device accumulator's buffer when the backend is a device backend."""
         md = self.metadata
         clock = time.perf_counter
-        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
+        device = None
+        if isinstance(self.backend, DeviceBackend) and isinstance(acc, DeviceAccumulator):
+            device = (self.backend, acc)
         spent = _StageSeconds()
         batches = iter_patch_batches(model_input, steps, md.patch_size, self.max_patches)
-        self._run_host_batches(batches, acc, spent, image)
+        self._run_host_batches(batches, acc, spent, image, device)
         t0 = clock()
-        if device_backend is not None and device_acc is not None:
+        if device is not None:
+            device_backend, device_acc = device
             with self._backend_lock or contextlib.nullcontext():
                 device_acc.wait_for(device_backend.stream_handle)  # an event, not a host sync
         maps = acc.finish(md.labels)
@@ -443,13 +490,17 @@ class CxrEdge:
         return maps, spent.as_ms()
 
     def _run_host_batches(
-        self, batches: Iterator[PatchBatch], acc: Accumulator, spent: _StageSeconds, image: str | None
+        self,
+        batches: Iterator[PatchBatch],
+        acc: Accumulator,
+        spent: _StageSeconds,
+        image: str | None,
+        device: tuple[DeviceBackend, DeviceAccumulator] | None = None,
     ) -> None:
-        """Run host-tiled chunks and hand their logits to ``acc`` (via the host, or straight into
-        a device accumulator's buffer for a device backend), adding each stage's time to ``spent``."""
+        """Run host-tiled chunks and hand their logits to ``acc``: via the host, or, with
+        ``device`` (this CxrEdge's device backend and ``acc`` as a device accumulator), straight
+        into the accumulator's buffer. Adds each stage's time to ``spent``."""
         clock = time.perf_counter
-        device_backend = self.backend if isinstance(self.backend, DeviceBackend) else None
-        device_acc = acc if isinstance(acc, DeviceAccumulator) else None
         while True:
             t0 = clock()
             batch = next(batches, None)
@@ -460,7 +511,8 @@ class CxrEdge:
             # logits may live in buffers the next run overwrites.
             with self._backend_lock or contextlib.nullcontext():
                 t0 = clock()
-                if device_backend is not None and device_acc is not None:
+                if device is not None:
+                    device_backend, device_acc = device
                     device_backend.run_device(batch.patches, device_acc.logits_address(batch.first_shift))
                     t1 = clock()
                     device_acc.mark_written(batch.first_shift, len(batch.pairs))
@@ -490,8 +542,6 @@ class CxrEdge:
         the CUDA postprocess and the device tiling build one final level only. Stopping early
         (closing the generator) is fine.
         """
-        from cxr_edge.postprocess import SaliencyAccumulator
-
         md = self.metadata
         steps = check_steps(steps, md.patch_size)
         prepared = self.prepare(image, allow_non_chest)
@@ -505,7 +555,6 @@ class CxrEdge:
             t0 = clock()
             maps = acc.finish_level(md.labels, level)
             spent.postprocess += clock() - t0
-            self._check_finite(maps, prepared.name)
             yield self._prediction(prepared, maps, {**prepared.timings_ms, **spent.as_ms()})
 
     def _run_on_device(
@@ -520,13 +569,14 @@ class CxrEdge:
         per_shift = md.patches_per_image
         shifts_per_chunk = min(self.max_patches, backend.chunk_patches) // per_shift
         total = steps * steps
+        spent = _StageSeconds()
         image = self._device_images.take(0)
         try:
             with self._backend_lock or contextlib.nullcontext():
                 stream = backend.stream_handle
                 t0 = clock()
                 image.upload(model_input, stream)
-                tile_s, backend_s = clock() - t0, 0.0
+                spent.tile += clock() - t0
                 for first in range(0, total, shifts_per_chunk):
                     count = min(shifts_per_chunk, total - first)
                     t0 = clock()
@@ -534,17 +584,17 @@ class CxrEdge:
                     t1 = clock()
                     backend.run_device_input(count * per_shift, acc.logits_address(first))
                     acc.mark_written(first, count)
-                    tile_s += t1 - t0
-                    backend_s += clock() - t1
+                    spent.tile += t1 - t0
+                    spent.backend += clock() - t1
                 acc.wait_for(stream)
             t0 = clock()
             maps = acc.finish(md.labels)
-            post_s = clock() - t0
+            spent.postprocess += clock() - t0
         except BaseException:
             self._device_images.discard(image)
             raise
         self._device_images.give(0, image)
-        return maps, {"tile": tile_s * 1e3, "backend": backend_s * 1e3, "postprocess": post_s * 1e3}
+        return maps, spent.as_ms()
 
     def close(self) -> None:
         """Free what the model keeps between images: pooled postprocess buffers (GPU memory,

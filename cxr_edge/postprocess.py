@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cxr_edge.errors import CxrEdgeError
-from cxr_edge.tile import shift_offsets, shift_pairs
+from cxr_edge.tile import offset_index, shift_index, shift_offsets, shift_pairs
 
 #: The two saliency maps of an image: ``raw`` (mean patch logit) and ``scaled`` (mean of patch
 #: logit x sigmoid of its copy's image logit).
@@ -172,9 +172,9 @@ class SaliencyAccumulator:
             raise ValueError(
                 f"logits must be ({len(pairs)}*{g * g}, {c}) for {len(pairs)} shifts, got shape {logits.shape}"
             )
-        rows = self._offset_index(pairs[:, 0])
-        cols = self._offset_index(pairs[:, 1])
-        if len(np.unique(rows * self.steps + cols)) != len(pairs) or self._seen[rows, cols].any():
+        index = shift_index(pairs, self.steps, self.patch_size)
+        rows, cols = np.divmod(index, self.steps)
+        if len(np.unique(index)) != len(pairs) or self._seen[rows, cols].any():
             raise ValueError("a shift was added twice")
         self._seen[rows, cols] = True
         # Advanced indices split by a slice put the K axis first: target is (K, C, G, G).
@@ -198,7 +198,8 @@ class SaliencyAccumulator:
         if not 1 <= steps <= self.steps:
             raise ValueError(f"level {steps} is outside 1..{self.steps}")
         offsets = shift_offsets(steps, self.patch_size)
-        idx = self._offset_index(offsets)  # raises unless the level's offsets nest in S's
+        # Raises unless the level's offsets nest in S's.
+        idx = offset_index(offsets, self.steps, self.patch_size)
         seen = self._seen[np.ix_(idx, idx)]
         if not seen.all():
             level = "" if steps == self.steps else f" (level {steps} of {self.steps})"
@@ -249,17 +250,30 @@ class SaliencyAccumulator:
         return np.repeat(np.repeat(cells, runs, axis=1), runs, axis=2)
 
 
-def smooth_maps(
-    logits: np.ndarray, steps: int, image_size: int, patch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-shot convenience: ``(S*S*G*G, C)`` patch logits in tile order -> ``(raw, scaled)``,
-    each ``(C, H, W) float32``."""
+def _all_shifts(logits: np.ndarray, steps: int, image_size: int, patch_size: int) -> SaliencyAccumulator:
+    """A ``SaliencyAccumulator`` holding all S*S shifts of ``(S*S*G*G, C)`` patch values in tile order."""
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (S*S*G*G, C), got shape {logits.shape}")
     acc = SaliencyAccumulator(steps, image_size, patch_size, logits.shape[1])
     acc.add(shift_pairs(steps, patch_size), logits)
-    maps = acc.finish(tuple(str(i) for i in range(logits.shape[1])))
+    return acc
+
+
+def shift_average(logits: np.ndarray, steps: int, image_size: int, patch_size: int) -> np.ndarray:
+    """One-shot: ``(S*S*G*G, C)`` patch values in tile order -> their shift average, the raw map
+    of those values, ``(C, H, W) float32`` (float64 arithmetic, the same as ``smooth_maps``' raw)."""
+    acc = _all_shifts(logits, steps, image_size, patch_size)
+    return acc._smooth(acc._logits)
+
+
+def smooth_maps(
+    logits: np.ndarray, steps: int, image_size: int, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-shot convenience: ``(S*S*G*G, C)`` patch logits in tile order -> ``(raw, scaled)``,
+    each ``(C, H, W) float32``."""
+    acc = _all_shifts(logits, steps, image_size, patch_size)
+    maps = acc.finish(tuple(str(i) for i in range(acc.num_classes)))
     return maps.raw, maps.scaled
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxr_edge.postprocess import sigmoid, smooth_maps
+from cxr_edge.postprocess import shift_average, sigmoid
 
 #: DataLoader batch size of the public ``evalClassification.applyPatchLocalisation``.
 PUBLISHED_BATCH_SIZE = 4
@@ -73,8 +73,5 @@ def published_scaled_map(
     logit_copy, prob_copy = published_placement(num_copies, batch_size)
     probabilities = sigmoid(logits.mean(axis=1))  # (K, C): each copy's own image probability
     placed = logits[logit_copy] * probabilities[prob_copy][:, None, :]
-    # The raw map of the placed values is their shift average (the same shift-back and mean).
-    shift_averaged, _ = smooth_maps(
-        placed.reshape(num_copies * patches, num_classes), steps, image_size, patch_size
-    )
-    return shift_averaged
+    # The same shift-back and mean as the definition's raw map, of the placed values.
+    return shift_average(placed.reshape(num_copies * patches, num_classes), steps, image_size, patch_size)

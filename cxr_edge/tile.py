@@ -58,6 +58,32 @@ def shift_pairs(steps: int, patch_size: int) -> np.ndarray:
     return np.stack([dr.ravel(), dc.ravel()], axis=1)
 
 
+def offset_index(values: np.ndarray, steps: int, patch_size: int) -> np.ndarray:
+    """Index ``i`` of each pixel offset of ``values`` in ``shift_offsets(steps, patch_size)``:
+    ``(n,) int64``. ValueError naming the first value that is not one of those offsets."""
+    offsets = shift_offsets(steps, patch_size)
+    values = np.asarray(values)
+    idx = np.minimum(np.searchsorted(offsets, values), steps - 1)
+    wrong = offsets[idx] != values
+    if wrong.any():
+        raise ValueError(
+            f"offset {values[wrong][0]} is not one of the {steps}-step offsets {offsets.tolist()}"
+        )
+    return idx.astype(np.int64, copy=False)
+
+
+def shift_index(pairs: np.ndarray, steps: int, patch_size: int) -> np.ndarray:
+    """Shift index ``k = i*S + j`` (``shift_pairs`` order) of each row ``(dr, dc)`` of ``pairs
+    (K, 2)``: ``(K,) int64``. ValueError (``offset_index``) for a shift that is not one of S's."""
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise ValueError(f"pairs must be (K, 2), got shape {pairs.shape}")
+    rows = offset_index(pairs[:, 0], steps, patch_size)
+    cols = offset_index(pairs[:, 1], steps, patch_size)
+    index: np.ndarray = rows * steps + cols
+    return index
+
+
 def progressive_levels(steps: int) -> tuple[int, ...]:
     """The levels a progressive run of ``steps`` S passes through: 1, 2, 4, ..., S."""
     steps = check_steps(steps)
@@ -169,8 +195,7 @@ def iter_patch_batches(
         index = np.arange(len(pairs))
     else:
         pairs = _check_pairs(pairs, patch_size)
-        offsets = shift_offsets(steps, patch_size)
-        index = np.searchsorted(offsets, pairs[:, 0]) * steps + np.searchsorted(offsets, pairs[:, 1])
+        index = shift_index(pairs, steps, patch_size)
     padded = _pad(image, patch_size)
     for first in range(0, len(pairs), shifts_per_batch):
         chunk = pairs[first : first + shifts_per_batch]

@@ -86,6 +86,36 @@ def test_non_finite_logits_raise_model_error_in_the_library(tmp_path: Path) -> N
     assert info.value.path == str(tmp_path / "nan.onnx")
 
 
+def test_non_finite_maps_of_another_postprocess_raise_model_error() -> None:
+    """Finite logits, but a postprocess (e.g. float32 sums on a GPU) that overflows: the maps
+    themselves are checked whenever the numpy accumulator did not build them."""
+    import dataclasses
+    from collections.abc import Sequence
+
+    from cxr_edge.pipeline import CxrEdge
+    from cxr_edge.postprocess import SaliencyAccumulator, SaliencyMaps
+
+    class Overflowing:
+        def __init__(self, steps: int, image_size: int, patch_size: int, num_classes: int) -> None:
+            self.inner = SaliencyAccumulator(steps, image_size, patch_size, num_classes)
+
+        def add(self, pairs: np.ndarray, logits: np.ndarray) -> None:
+            self.inner.add(pairs, logits)
+
+        def finish(self, labels: Sequence[str]) -> SaliencyMaps:
+            maps = self.inner.finish(labels)
+            scaled = maps.scaled.copy()
+            scaled[0, 0, 0] = np.inf
+            return dataclasses.replace(maps, scaled=scaled)
+
+        def close(self) -> None:
+            pass
+
+    edge = CxrEdge.load(accumulator=Overflowing)
+    with pytest.raises(ModelError, match="1 of .* scaled map"):
+        edge.predict(hc.xray_like(300, 320), steps=1)
+
+
 def test_a_sound_model_still_constructs() -> None:
     md = ModelMetadata(labels=("A", "B"), image_size=128, patch_size=64, thresholds=(0.2, 0.7))
     assert md.grid == 2 and md.num_classes == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from reference_math import reference_maps_from_logits, reference_saliency
 
-from cxr_edge.postprocess import SaliencyAccumulator, SaliencyMaps, sigmoid, smooth_maps
+from cxr_edge.postprocess import SaliencyAccumulator, SaliencyMaps, shift_average, sigmoid, smooth_maps
 from cxr_edge.tile import iter_patch_batches, shift_pairs
 
 
@@ -97,6 +97,8 @@ def test_image_logits_are_the_unshifted_copy() -> None:
     assert maps.probabilities[0] == pytest.approx(1 / (1 + np.exp(-7.5)))
     # the unshifted copy's patch (1, 2) covers rows 8..15, cols 16..23 with value 6, weight 1/4
     assert raw[0, 12, 20] == pytest.approx(6 / 4)
+    # the raw map alone, by the same arithmetic
+    np.testing.assert_array_equal(shift_average(logits, steps, size, patch), raw)
 
 
 def test_pipeline_composition_matches_reference() -> None:

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from reference_math import reference_offsets, reference_pairs, reference_patches, reference_shifted
 
-from cxr_edge.tile import PatchBatch, iter_patch_batches, shift_offsets, shift_pairs, tile_shifts
+from cxr_edge.tile import (
+    PatchBatch,
+    iter_patch_batches,
+    level_pairs,
+    shift_index,
+    shift_offsets,
+    shift_pairs,
+    tile_shifts,
+)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8, 16, 32, 64])
@@ -99,6 +107,21 @@ def test_batches_cover_all_shifts_in_order() -> None:
     )
     with pytest.raises(ValueError):
         next(iter_patch_batches(image, steps, patch, max_patches=per_shift - 1))
+
+
+def test_shift_index_is_the_position_in_reference_order_and_refuses_other_offsets() -> None:
+    steps, patch = 4, 16
+    pairs = np.array(reference_pairs(steps, patch))[::-1]
+    want = [reference_pairs(steps, patch).index((int(dr), int(dc))) for dr, dc in pairs]
+    np.testing.assert_array_equal(shift_index(pairs, steps, patch), want)
+    with pytest.raises(ValueError, match="offset 3 is not one of the 4-step offsets"):
+        shift_index(np.array([[0, 0], [0, 3]]), steps, patch)
+    # one shift (16 patches) per batch: each level-4 batch starts at its pair's reference index
+    image = np.zeros((64, 64), np.float32)
+    firsts = [b.first_shift for b in iter_patch_batches(image, steps, patch, 16, level_pairs(4, patch))]
+    assert firsts == [reference_pairs(steps, patch).index((int(r), int(c))) for r, c in level_pairs(4, patch)]
+    with pytest.raises(ValueError, match="offset"):
+        next(iter_patch_batches(image, steps, patch, 16, np.array([[0, 3]])))
 
 
 def test_tile_s8_full_size_is_fast() -> None:

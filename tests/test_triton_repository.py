@@ -110,6 +110,25 @@ def test_refuses_and_leaves_the_folder_alone(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
+def test_unreadable_or_bare_onnx_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    import onnx
+
+    from cxr_edge.errors import CxrEdgeError
+    from cxr_edge.triton.repository import read_network
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff not a protobuf \x00" * 8)
+    with pytest.raises(CxrEdgeError, match="not a readable ONNX model") as info:
+        read_network(garbage)
+    assert info.value.path == str(garbage)
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(default_model_path()))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    with pytest.raises(CxrEdgeError, match="has no 'cxr_edge' metadata"):
+        read_network(bare)
+
+
 def test_quoting_round_trips_non_ascii(tmp_path: Path) -> None:
     """Intended-use text with quotes, backslashes and non-ASCII survives the text format."""
     import onnx

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import statistics
 import sys
@@ -31,16 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def gpu_ms(fn: Callable[[], object], stream: int, repeats: int) -> float:
@@ -178,6 +167,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_device_path: no CUDA device visible to PyTorch", file=sys.stderr)
         return 2
+    from torch_device_backend import TorchDeviceBackend  # tools/, on sys.path when run as a script
+
     from cxr_edge.assets import sample_image_path
     from cxr_edge.cuda.kernels import load_kernels
     from cxr_edge.cuda.postprocess import GpuPostprocess
@@ -190,7 +181,7 @@ def main() -> int:
     library = str(load_kernels().path)
     metadata = ModelMetadata()
     model = calibrated_random_model(VARIANTS["tiny"], num_classes=metadata.num_classes, seed=12)
-    backend = _tool("torch_device_backend").TorchDeviceBackend(model, metadata, args.chunk)
+    backend = TorchDeviceBackend(model, metadata, args.chunk)
     image = CudaDeviceImage(metadata.image_size, metadata.patch_size, library)
     parts = {"backend": backend, "image": image, "library": library, "metadata": metadata}
     prepared = prepare_image(sample_image_path(), metadata)

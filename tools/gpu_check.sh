@@ -95,15 +95,18 @@ echo "GPU 0: $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))'), c
 
 section "2. build libcxr_edge_cuda.so for sm_${CC}"
 mkdir -p "$OUT"
-export CUDACXX
-CUDACXX="$(command -v nvcc)"
-BUILD_LOG="$OUT/cmake.log"
-if ! timeout 300 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES="${CC}-real" \
-  -DCMAKE_BUILD_TYPE=Release >"$BUILD_LOG" 2>&1 ||
-  ! timeout 300 cmake --build "$BUILD" -j "$(nproc)" >>"$BUILD_LOG" 2>&1; then
-  tail -n 30 "$BUILD_LOG" >&2
-  fail "building the CUDA library (log: $BUILD_LOG)"
-fi
+# The library's own build (cmake configure + build, Release); a failure prints the log's tail.
+run "building the CUDA library" "$PY" - "$BUILD" "${CC}-real" <<'EOF'
+import sys
+
+from cxr_edge.cuda.build import build_library
+from cxr_edge.errors import CxrEdgeError
+
+try:
+    build_library(sys.argv[1], sys.argv[2])
+except CxrEdgeError as exc:
+    raise SystemExit(str(exc)) from None
+EOF
 export CXR_EDGE_CUDA_LIB="$BUILD/libcxr_edge_cuda.so"
 [[ -f "$CXR_EDGE_CUDA_LIB" ]] || fail "the build produced no $CXR_EDGE_CUDA_LIB"
 echo "built $CXR_EDGE_CUDA_LIB"

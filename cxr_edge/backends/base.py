@@ -16,6 +16,8 @@ from cxr_edge.metadata import ModelMetadata
 #: Patches per chunk for a backend that does not say (``ChunkedBackend``): 256 patches = 4
 #: shifted 512x512 copies, 16 MiB of input; keeps peak memory bounded for any S.
 DEFAULT_CHUNK_PATCHES = 256
+#: File suffixes of a TensorRT plan (lower case); any other model file is an ONNX file.
+PLAN_SUFFIXES = (".plan", ".engine")
 
 
 @runtime_checkable

@@ -183,7 +183,7 @@ class TensorRtBackend:
             raise CxrEdgeError(
                 self.plan, f"{rows} patches per engine call; this plan takes 1..{self.profile.max}"
             )
-        run_rows = max(rows, self.profile.min)
+        run_rows = self.profile.run_rows(rows)
         if run_rows > rows:
             self._d_input.zero(self.stream, rows * self._patch_bytes, (run_rows - rows) * self._patch_bytes)
         direct = run_rows == rows and is_aligned(out_ptr)

@@ -29,6 +29,7 @@ from cxr_edge.cuda.kernels import (
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.gpu import DeviceBuffer, Event, PinnedBuffer, Stream, copy_device
 from cxr_edge.postprocess import SaliencyMaps, check_map_kind
+from cxr_edge.tile import shift_index
 
 
 def gpu_postprocess_available() -> bool:
@@ -157,14 +158,12 @@ class GpuPostprocess:
             raise CxrEdgeError(
                 None, f"logits must be ({len(pairs) * per_shift}, {self.num_classes}), got {logits.shape}"
             )
-        rows = np.searchsorted(self.offsets, pairs[:, 0])
-        cols = np.searchsorted(self.offsets, pairs[:, 1])
-        rows_c, cols_c = np.minimum(rows, self.steps - 1), np.minimum(cols, self.steps - 1)
-        if np.any(self.offsets[rows_c] != pairs[:, 0]) or np.any(self.offsets[cols_c] != pairs[:, 1]):
+        try:
+            ks = shift_index(pairs, self.steps, self.patch_size)
+        except ValueError:
             raise CxrEdgeError(
                 None, f"a shift is not one of the {self.steps}-step offsets {self.offsets.tolist()}"
-            )
-        ks = rows_c * self.steps + cols_c
+            ) from None
         if len(np.unique(ks)) != len(ks) or self._seen[ks].any():
             raise CxrEdgeError(None, "a shift was added twice")
         if self._staging is None:

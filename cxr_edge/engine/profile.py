@@ -29,6 +29,11 @@ class BatchProfile:
     def fixed(self) -> bool:
         return self.min == self.max
 
+    def run_rows(self, rows: int) -> int:
+        """Rows an engine call of ``rows`` patches runs: ``rows``, or the fixed batch
+        (``min``, DLA) with a zero-padded tail."""
+        return max(rows, self.min)
+
     def to_dict(self) -> dict[str, int]:
         return {"min": self.min, "opt": self.opt, "max": self.max}
 
@@ -84,7 +89,5 @@ def plan_chunks(total: int, profile: BatchProfile) -> list[Chunk]:
     chunks = []
     for start in range(0, total, profile.max):
         stop = min(start + profile.max, total)
-        rows = stop - start
-        run_rows = max(rows, profile.min)
-        chunks.append(Chunk(start=start, stop=stop, run_rows=run_rows))
+        chunks.append(Chunk(start=start, stop=stop, run_rows=profile.run_rows(stop - start)))
     return chunks

@@ -30,8 +30,9 @@ from cxr_edge.errors import CxrEdgeError, ServiceUnavailableError
 from cxr_edge.io.budget import InputBudget
 from cxr_edge.io.plausibility import PlausibilityLimits
 from cxr_edge.metadata import ModelMetadata
-from cxr_edge.pipeline import PreparedImage, describe_model, prepare_image
+from cxr_edge.pipeline import DecodedImage, decode_image, describe_model
 from cxr_edge.prediction import Prediction, findings_from
+from cxr_edge.preprocess import CropBox, center_crop_box
 from cxr_edge.tile import check_steps
 from cxr_edge.triton import protocol
 
@@ -203,21 +204,22 @@ class TritonCxrEdge:
 
         timings_ms: ``decode`` (here), the server's ``preprocess``, ``tile``, ``backend`` and
         ``postprocess``, and ``round_trip`` (request sent to answer decoded, here). The image
-        is decoded and preprocessed here as ``CxrEdge`` does (``prepare_image``: the crop), then
-        preprocessed again on the server from the 8-bit pixels.
+        is decoded and checked here as ``CxrEdge`` does (``decode_image``) and its crop follows
+        from its size (``center_crop_box``); the server preprocesses the 8-bit pixels.
         """
         steps = check_steps(steps, self.metadata.patch_size)
-        # The pipeline's own decoding (and crop); the server preprocesses again from the pixels.
-        prepared = prepare_image(image, self.metadata, allow_non_chest, self.input_budget, self.plausibility)
+        decoded = decode_image(image, allow_non_chest, self.input_budget, self.plausibility)
+        crop = center_crop_box(*decoded.gray.shape)
         t0 = time.perf_counter()
-        outputs = self._infer(prepared.gray, steps, prepared.name)
+        outputs = self._infer(decoded.gray, steps, decoded.name)
         round_trip_ms = (time.perf_counter() - t0) * 1e3
-        return self._prediction(outputs, prepared, steps, round_trip_ms)
+        return self._prediction(outputs, decoded, crop, steps, round_trip_ms)
 
     def _prediction(
         self,
         outputs: dict[str, np.ndarray],
-        prepared: PreparedImage,
+        decoded: DecodedImage,
+        crop: CropBox,
         steps: int,
         round_trip_ms: float,
     ) -> Prediction:
@@ -226,7 +228,7 @@ class TritonCxrEdge:
         from cxr_edge.postprocess import SaliencyMaps
 
         md = self.metadata
-        name = prepared.name
+        name = decoded.name
         c, n = md.num_classes, md.image_size
 
         def array(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -249,7 +251,7 @@ class TritonCxrEdge:
             raise CxrEdgeError(
                 name or self.url, f"Triton server {self.url} sent a malformed answer ({exc})"
             ) from exc
-        timings = {"decode": prepared.timings_ms["decode"]}
+        timings = {"decode": decoded.decode_ms}
         timings.update(
             {k: float(v) for k, v in server.get("timings_ms", {}).items() if k != "decode"},
             round_trip=round_trip_ms,
@@ -257,14 +259,14 @@ class TritonCxrEdge:
         return Prediction(
             findings=findings_from(maps, md),
             maps=maps,
-            gray=prepared.gray,
-            crop=prepared.crop,
+            gray=decoded.gray,
+            crop=crop,
             metadata=md,
             backend=f"triton:{server.get('backend', 'unknown')}",
             model=self.model_info,
             image=name,
-            source=prepared.source,
-            info=prepared.info,
+            source=decoded.source,
+            info=decoded.info,
             timings_ms=timings,
         )
 
@@ -272,7 +274,7 @@ class TritonCxrEdge:
 
     def batch_statistics(self, model_name: str | None = None) -> dict[str, Any]:
         """How the server batched a model's requests since it started: ``inference_count``
-        (requests), ``execution_count`` (model executions) and ``batch_sizes`` {size: executions}."""
+        (requests; patches for ``patchnet``) and ``execution_count`` (model executions)."""
         name = model_name or self.model_name
 
         def read(client: Any) -> dict[str, Any]:
@@ -284,18 +286,10 @@ class TritonCxrEdge:
 
         stats = self._call(read)
         inference = execution = 0
-        sizes: dict[int, int] = {}
         for model in stats.get("model_stats", []):
             inference += int(model.get("inference_count", 0))
             execution += int(model.get("execution_count", 0))
-            for batch in model.get("batch_stats", []):
-                size = int(batch["batch_size"])
-                sizes[size] = sizes.get(size, 0) + int(batch["compute_infer"]["count"])
-        return {
-            "inference_count": inference,
-            "execution_count": execution,
-            "batch_sizes": dict(sorted(sizes.items())),
-        }
+        return {"inference_count": inference, "execution_count": execution}
 
     def close(self) -> None:
         """Close this thread's connection (other threads' close when they end)."""

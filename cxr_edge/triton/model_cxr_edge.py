@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from cxr_edge.metadata import ModelMetadata
 from cxr_edge.pipeline import CxrEdge
 from cxr_edge.triton import protocol
-from cxr_edge.triton.serving import BlsPatchBackend, ModelArgs, one_line, open_network
+from cxr_edge.triton.serving import BlsPatchBackend, ModelArgs, one_line
 
 
 class TritonPythonModel:
@@ -30,12 +29,11 @@ class TritonPythonModel:
         params = parsed.params
         if params[protocol.LAYOUT_PARAM] == "whole":
             path = parsed.folder / params[protocol.MODEL_FILE_PARAM]
-            self.edge = CxrEdge(open_network(path, parsed.device), path)
-            _ = self.edge.model_info  # hash the model file now, not inside the first request
+            self.edge = CxrEdge.load(path, device=parsed.device or 0)  # hashes the file now
         else:
             backend = BlsPatchBackend(
                 pb_utils,
-                ModelMetadata.from_json(params[protocol.METADATA_PARAM], args["model_name"]),
+                protocol.metadata_from_config(parsed.config, args["model_name"]),
                 params[protocol.PATCH_MODEL_PARAM],
                 params[protocol.PATCH_INPUT_PARAM],
                 params[protocol.PATCH_OUTPUT_PARAM],

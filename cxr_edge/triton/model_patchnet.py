@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from cxr_edge.pipeline import open_backend
 from cxr_edge.triton import protocol
-from cxr_edge.triton.serving import ModelArgs, one_line, open_network
+from cxr_edge.triton.serving import ModelArgs, one_line
 
 
 class TritonPythonModel:
@@ -22,7 +23,8 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         parsed = ModelArgs.parse(args)
-        self.backend = open_network(parsed.folder / parsed.params[protocol.MODEL_FILE_PARAM], parsed.device)
+        path = parsed.folder / parsed.params[protocol.MODEL_FILE_PARAM]
+        self.backend = open_backend("auto", path, device=parsed.device or 0)
         # The tensor names are the network's own (the config repeats them).
         self.input_name = str(parsed.config["input"][0]["name"])
         self.output_name = str(parsed.config["output"][0]["name"])

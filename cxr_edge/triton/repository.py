@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr_edge.backends.base import PLAN_SUFFIXES
 from cxr_edge.digest import sha256_file
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.triton import protocol
 
-PLAN_SUFFIXES = (".plan", ".engine")
 #: Where the ``patchnet`` model runs: Triton's own ONNX Runtime / TensorRT backend, or cxr-edge's
 #: backend inside a Python-backend model.
 PATCHNET_BACKENDS = ("native", "python")
@@ -91,8 +91,12 @@ def read_network(model: str | Path) -> Network:
         )
     import onnx
 
-    metadata = ModelMetadata.from_onnx(path)
-    graph = onnx.load(str(path), load_external_data=False).graph
+    try:  # parsed once, for the metadata and the graph (ModelMetadata.from_onnx's wording)
+        model_proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise CxrEdgeError(path, f"not a readable ONNX model ({type(exc).__name__})") from exc
+    metadata = ModelMetadata.from_props({p.key: p.value for p in model_proto.metadata_props}, path)
+    graph = model_proto.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or not graph.output:

@@ -1,4 +1,4 @@
-"""What the server-side Python models share: opening the network, and BLS calls to ``patchnet``.
+"""What the server-side Python models share: their parsed arguments, errors, and BLS calls to ``patchnet``.
 
 Importable anywhere: the Python backend's ``triton_python_backend_utils`` (only present inside
 Triton's stub process) is passed in by the ``model.py`` files instead of imported here.
@@ -13,11 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from cxr_edge.backends.base import PatchBackend
 from cxr_edge.errors import CxrEdgeError
 from cxr_edge.metadata import ModelMetadata
 from cxr_edge.triton import protocol
-from cxr_edge.triton.repository import PLAN_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -45,17 +43,6 @@ class ModelArgs:
         )
 
 
-def open_network(path: Path, device: int | None) -> PatchBackend:
-    """cxr-edge's backend for a network file: TensorRT for a plan (on ``device``), else ONNX Runtime."""
-    if path.suffix.lower() in PLAN_SUFFIXES:
-        from cxr_edge.backends.tensorrt import TensorRtBackend
-
-        return TensorRtBackend(path, device=device or 0)
-    from cxr_edge.backends.onnxruntime import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend(path)
-
-
 def one_line(exc: BaseException) -> str:
     """An exception as one line for a Triton error response."""
     text = str(exc) if isinstance(exc, CxrEdgeError) else f"{type(exc).__name__}: {exc}"
@@ -65,9 +52,12 @@ def one_line(exc: BaseException) -> str:
 class BlsPatchBackend:
     """A PatchBackend that runs patches on the repository's ``patchnet`` model through BLS.
 
-    pb_utils: the ``triton_python_backend_utils`` module of the calling model. Each ``run``
-    sends requests of at most ``max_patches`` patches (``patchnet``'s max batch) one after the
-    other; Triton's dynamic batcher merges them with other images' requests.
+    pb_utils: the ``triton_python_backend_utils`` module of the calling model. Request size:
+    the pipeline hands ``run`` one chunk at a time, ``DEFAULT_CHUNK_PATCHES`` (256 patches, 4
+    shifted copies; this backend declares no ``chunk_patches``), and ``run`` sends it as one
+    request, split only where it exceeds ``max_patches`` (``patchnet``'s max batch, the export's
+    ``--max-patches``: default 1024, so only a value below 256 splits), one after the other.
+    Triton's dynamic batcher merges them with other images' requests.
     """
 
     #: Each run builds its own requests; nothing is shared between calls.
