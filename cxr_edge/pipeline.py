@@ -381,6 +381,15 @@ class CxrEdge:
         _ = edge.model_info  # hash the model file now, not inside the first predict
         return edge
 
+    def with_accumulator(self, accumulator: AccumulatorFactory) -> CxrEdge:
+        """This model with another postprocess (e.g. one that records patch logits): the same
+        backend (not owned: closing the result leaves it open), input checks, chunking and model
+        facts (the file is not hashed again)."""
+        edge = CxrEdge(self.backend, self.model_path, accumulator, self.max_patches)
+        edge.input_budget, edge.plausibility = self.input_budget, self.plausibility
+        edge._model_info = self._model_info
+        return edge
+
     @property
     def model_info(self) -> dict[str, Any]:
         """What the report says about the model: path, sha256, metadata summary, intended use."""

@@ -93,12 +93,8 @@ class MapSource:
         self._recorder: PatchLogitRecorder | None = None
         self.edge = edge
         if PUBLISHED_SCALED in self.kinds:
-            from cxr_edge.pipeline import CxrEdge
-
             self._recorder = PatchLogitRecorder()
-            self.edge = CxrEdge(
-                edge.backend, edge.model_path, accumulator=self._recorder, max_patches=edge.max_patches
-            )
+            self.edge = edge.with_accumulator(self._recorder)
 
     def __call__(self, image: str | Path | np.ndarray) -> ImageMaps:
         pred = self.edge.predict(image, steps=self.steps)
